@@ -1,0 +1,64 @@
+/**
+ * The CLI's edge: files and output. Commands get a CliContext so tests run them in-process
+ * (test/cli/*.test.ts) against temporary files and captured output.
+ */
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { dirname, resolve } from "node:path";
+import { EspOtaError } from "../errors.js";
+
+export interface OutputSink {
+  write(chunk: string): unknown;
+  /** True when a person is watching (enables colour and progress bars). */
+  readonly isTTY?: boolean;
+}
+
+export interface CliContext {
+  readonly stdout: OutputSink;
+  readonly stderr: OutputSink;
+  readonly cwd: string;
+  readFile(path: string): Uint8Array;
+  readText(path: string): string;
+  /** Writes atomically enough for a CLI: creates the parent directory; `mode` 0o600 for secrets. */
+  writeFile(path: string, data: Uint8Array | string, mode?: number): void;
+  /** stdout.write with a newline. */
+  print(line?: string): void;
+  /** stderr.write with a newline (progress and notes, never machine-readable output). */
+  note(line: string): void;
+}
+
+export function createContext(
+  stdout: OutputSink = process.stdout,
+  stderr: OutputSink = process.stderr,
+  cwd: string = process.cwd(),
+): CliContext {
+  const abs = (p: string) => resolve(cwd, p);
+  return {
+    stdout,
+    stderr,
+    cwd,
+    readFile(path) {
+      try {
+        return new Uint8Array(readFileSync(abs(path)));
+      } catch (e) {
+        throw new EspOtaError("E_FILE_READ", `cannot read ${path}: ${(e as Error).message}`, { path }, e);
+      }
+    },
+    readText(path) {
+      return new TextDecoder().decode(this.readFile(path));
+    },
+    writeFile(path, data, mode = 0o644) {
+      try {
+        mkdirSync(dirname(abs(path)), { recursive: true });
+        writeFileSync(abs(path), data, { mode });
+      } catch (e) {
+        throw new EspOtaError("E_FILE_WRITE", `cannot write ${path}: ${(e as Error).message}`, { path }, e);
+      }
+    },
+    print(line = "") {
+      stdout.write(`${line}\n`);
+    },
+    note(line) {
+      stderr.write(`${line}\n`);
+    },
+  };
+}

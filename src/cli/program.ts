@@ -1,0 +1,84 @@
+/**
+ * The CLI is a thin shell (STYLE.md §2): parse arguments with commander, call the library, map
+ * error codes to exit codes. Exit 0 on success, 1 on a coded failure, 2 on a usage error.
+ */
+import { Command, CommanderError } from "commander";
+import { EspOtaError, isEspOtaError } from "../errors.js";
+import { registerImageInfo } from "./commands/image-info.js";
+import { registerOtadata } from "./commands/otadata.js";
+import { registerPartitionTable } from "./commands/partition-table.js";
+import { registerSecureFlash } from "./commands/secure-flash.js";
+import { registerSecureSign } from "./commands/secure-sign.js";
+import { type CliContext, createContext, type OutputSink } from "./context.js";
+
+export const VERSION = "0.1.0";
+
+export function buildProgram(ctx: CliContext): Command {
+  const program = new Command("esp-ota")
+    .description(
+      "Secure OTA updates for serial-attached ESP32s: format tools, release pipeline, gateway agent.",
+    )
+    .version(VERSION)
+    .showHelpAfterError("(run with --help for usage)")
+    .configureOutput({
+      writeOut: (s) => ctx.stdout.write(s),
+      writeErr: (s) => ctx.stderr.write(s),
+    });
+
+  const secure = program
+    .command("secure")
+    .description("Secure boot signing and flash encryption (the verbs and options of espsecure v5).");
+  registerSecureSign(secure, ctx);
+  registerSecureFlash(secure, ctx);
+  registerImageInfo(program, ctx);
+  registerPartitionTable(program, ctx);
+  registerOtadata(program, ctx);
+
+  // Every (sub)command throws instead of exiting, so runCli can map errors to exit codes.
+  const applyOverrides = (cmd: Command) => {
+    cmd.exitOverride();
+    cmd.configureOutput({
+      writeOut: (s) => ctx.stdout.write(s),
+      writeErr: (s) => ctx.stderr.write(s),
+    });
+    cmd.commands.forEach(applyOverrides);
+  };
+  applyOverrides(program);
+  return program;
+}
+
+/** Runs the CLI in-process and returns the exit code (tests call this directly). */
+export async function runCli(
+  argv: readonly string[],
+  stdout: OutputSink = process.stdout,
+  stderr: OutputSink = process.stderr,
+  cwd: string = process.cwd(),
+): Promise<number> {
+  const ctx = createContext(stdout, stderr, cwd);
+  const program = buildProgram(ctx);
+  try {
+    await program.parseAsync([...argv], { from: "user" });
+    return 0;
+  } catch (e) {
+    return reportError(e, ctx);
+  }
+}
+
+function reportError(e: unknown, ctx: CliContext): number {
+  if (e instanceof CommanderError) {
+    if (e.code === "commander.helpDisplayed" || e.code === "commander.version") return 0;
+    if (e.code === "commander.help" || e.code === "commander.executeSubCommandAsync") return 0;
+    // commander already printed its message; add the code so scripts can match on it.
+    ctx.note("error E_USAGE: invalid command line");
+    return 2;
+  }
+  if (isEspOtaError(e)) {
+    ctx.note(`error ${e.code}: ${e.message}`);
+    ctx.note(`  what to do: ${e.action}`);
+    return e.code === "E_USAGE" ? 2 : 1;
+  }
+  const bug = new EspOtaError("E_INTERNAL", e instanceof Error ? e.message : String(e));
+  ctx.note(`error ${bug.code}: ${bug.message}`);
+  if (e instanceof Error && e.stack) ctx.note(e.stack);
+  return 1;
+}

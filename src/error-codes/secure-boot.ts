@@ -1,0 +1,3 @@
+import type { ErrorCodeTable } from "./types.js";
+
+export const secureBootCodes = {} as const satisfies ErrorCodeTable;
