@@ -45,7 +45,9 @@ export function toHex(b: Uint8Array): string {
 
 export function fromHex(hex: string): Uint8Array {
   if (hex.length % 2 !== 0 || !/^[0-9a-fA-F]*$/.test(hex)) {
-    throw new TypeError(`fromHex: not an even-length hex string: ${JSON.stringify(hex.slice(0, 40))}`);
+    throw new TypeError(
+      `fromHex: not an even-length hex string: ${JSON.stringify(hex.slice(0, 40))}`,
+    );
   }
   return new Uint8Array(Buffer.from(hex, "hex"));
 }
@@ -77,8 +79,15 @@ export function cString(b: Uint8Array): string {
 }
 
 /** Encode ASCII into a fixed-size field, NUL-padded; throws RangeError when it does not fit. */
-export function putCString(b: Uint8Array, off: number, size: number, s: string, field: string): void {
-  if (s.length > size) throw new RangeError(`${field}: "${s}" is ${s.length} bytes, at most ${size} fit`);
+export function putCString(
+  b: Uint8Array,
+  off: number,
+  size: number,
+  s: string,
+  field: string,
+): void {
+  if (s.length > size)
+    throw new RangeError(`${field}: "${s}" is ${s.length} bytes, at most ${size} fit`);
   for (let i = 0; i < size; i++) b[off + i] = i < s.length ? s.charCodeAt(i) & 0xff : 0;
 }
 

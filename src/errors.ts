@@ -10,6 +10,7 @@ import { imageCodes } from "./error-codes/image.js";
 import { otadataCodes } from "./error-codes/otadata.js";
 import { partitionCodes } from "./error-codes/partition.js";
 import { secureBootCodes } from "./error-codes/secure-boot.js";
+import { simCodes } from "./error-codes/sim.js";
 import type { ErrorCodeInfo } from "./error-codes/types.js";
 
 /** Areas in the order docs/errors.md lists them. */
@@ -20,6 +21,7 @@ export const ERROR_AREAS = [
   { title: "App image", codes: imageCodes },
   { title: "Secure boot signatures", codes: secureBootCodes },
   { title: "Flash encryption", codes: flashEncryptionCodes },
+  { title: "Device simulator", codes: simCodes },
 ] as const;
 
 export const ERROR_CODES = Object.assign(

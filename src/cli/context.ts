@@ -40,7 +40,12 @@ export function createContext(
       try {
         return new Uint8Array(readFileSync(abs(path)));
       } catch (e) {
-        throw new EspOtaError("E_FILE_READ", `cannot read ${path}: ${(e as Error).message}`, { path }, e);
+        throw new EspOtaError(
+          "E_FILE_READ",
+          `cannot read ${path}: ${(e as Error).message}`,
+          { path },
+          e,
+        );
       }
     },
     readText(path) {
@@ -51,7 +56,12 @@ export function createContext(
         mkdirSync(dirname(abs(path)), { recursive: true });
         writeFileSync(abs(path), data, { mode });
       } catch (e) {
-        throw new EspOtaError("E_FILE_WRITE", `cannot write ${path}: ${(e as Error).message}`, { path }, e);
+        throw new EspOtaError(
+          "E_FILE_WRITE",
+          `cannot write ${path}: ${(e as Error).message}`,
+          { path },
+          e,
+        );
       }
     },
     print(line = "") {

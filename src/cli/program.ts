@@ -9,6 +9,7 @@ import { registerOtadata } from "./commands/otadata.js";
 import { registerPartitionTable } from "./commands/partition-table.js";
 import { registerSecureFlash } from "./commands/secure-flash.js";
 import { registerSecureSign } from "./commands/secure-sign.js";
+import { registerSim } from "./commands/sim.js";
 import { type CliContext, createContext, type OutputSink } from "./context.js";
 
 export const VERSION = "0.1.0";
@@ -20,6 +21,10 @@ export function buildProgram(ctx: CliContext): Command {
     )
     .version(VERSION)
     .showHelpAfterError("(run with --help for usage)")
+    // espsecure's verbs and `sim make-app` take `--version`. Commander recognises a program option
+    // anywhere on the line unless positional options are on, so the root's `--version` would
+    // swallow `secure sign-data --version 2`. Root options go before the subcommand.
+    .enablePositionalOptions()
     .configureOutput({
       writeOut: (s) => ctx.stdout.write(s),
       writeErr: (s) => ctx.stderr.write(s),
@@ -27,12 +32,15 @@ export function buildProgram(ctx: CliContext): Command {
 
   const secure = program
     .command("secure")
-    .description("Secure boot signing and flash encryption (the verbs and options of espsecure v5).");
+    .description(
+      "Secure boot signing and flash encryption (the verbs and options of espsecure v5).",
+    );
   registerSecureSign(secure, ctx);
   registerSecureFlash(secure, ctx);
   registerImageInfo(program, ctx);
   registerPartitionTable(program, ctx);
   registerOtadata(program, ctx);
+  registerSim(program, ctx);
 
   // Every (sub)command throws instead of exiting, so runCli can map errors to exit codes.
   const applyOverrides = (cmd: Command) => {

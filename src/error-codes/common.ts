@@ -3,7 +3,8 @@ import type { ErrorCodeTable } from "./types.js";
 /** Codes shared by every command: arguments, files, and the catch-all for bugs. */
 export const commonCodes = {
   E_USAGE: {
-    meaning: "The command line is wrong: an unknown option, a missing argument, or a value that is not of the form the option takes.",
+    meaning:
+      "The command line is wrong: an unknown option, a missing argument, or a value that is not of the form the option takes.",
     action: "Read the command's `--help` and call it again with the arguments corrected.",
   },
   E_FILE_READ: {
@@ -12,10 +13,12 @@ export const commonCodes = {
   },
   E_FILE_WRITE: {
     meaning: "An output file could not be written.",
-    action: "Check that the directory exists, that there is free space and that you may write there.",
+    action:
+      "Check that the directory exists, that there is free space and that you may write there.",
   },
   E_INTERNAL: {
     meaning: "A bug: something happened that the code believed impossible.",
-    action: "Report it with the full command line and output; the message names the broken assumption.",
+    action:
+      "Report it with the full command line and output; the message names the broken assumption.",
   },
 } as const satisfies ErrorCodeTable;

@@ -11,6 +11,7 @@ export function fixtureText(path: string): string {
   return readFileSync(new URL(path, root), "utf8");
 }
 
+// biome-ignore lint/suspicious/noExplicitAny: callers that do not name a type index freely into vector JSON.
 export function fixtureJson<T = any>(path: string): T {
   return JSON.parse(fixtureText(path)) as T;
 }
