@@ -15,36 +15,46 @@
  * in the middle. So one XTS call is: `pre` (reverse, whiten), one big AES-ECB call, `post`
  * (whiten, reverse).
  *
- * Measured on the 2-core bench machine (docs/benchmarks.md) over a 1.3 MB image:
- * - one node:crypto `aes-*-xts` cipher per 128-byte unit: 30 MB/s (cipher setup dominates);
- * - the pre/post passes in plain JS (DataView byte swaps): about 1 GB/s, 27% of raw AES-256-XTS;
- * - the passes as the WebAssembly SIMD kernel below (i8x16.shuffle reverses a block in one
- *   instruction), 4 units interleaved, over 128 KB chunks that stay in cache: about 2.6 GB/s,
- *   above half of raw AES-256-XTS. The AES-ECB call is then about half of the total time.
+ * Measured on the 2-core bench machine over a 1.3 MB image (docs/benchmarks.md has the run):
+ * - one node:crypto `aes-*-xts` context per 128-byte unit: 40–57 MB/s (context setup dominates);
+ * - these passes in plain JS (DataView byte swaps): 0.6–1 GB/s, 13–27% of raw AES-256-XTS;
+ * - these passes as the WebAssembly SIMD kernel below (a swizzle reverses a block in one
+ *   instruction; 4 units interleaved), over 128 KB windows that stay in cache: about 2.7 GB/s,
+ *   55-58% of raw AES-256-XTS. Of the 0.5 ms per 1.3 MB, AES-ECB is 0.24 ms, the tweak
+ *   encryption 0.05 ms (XTS needs one extra AES block per 128-byte unit), the copies in and out
+ *   of the scratch memory 0.08 ms and the two passes 0.1 ms.
  * The kernel is a few dozen instructions, emitted by the small assembler below. The plain JS
- * kernel does the same with identical layout; it runs where WebAssembly SIMD is missing, and the
+ * kernel does the same on the same layout; it runs where WebAssembly SIMD is missing, and the
  * tests run every vector through both.
  *
  * Pure: no I/O; one shared scratch memory per kernel (calls are synchronous, so never reentered).
  */
 
-/** Bytes of flash data per kernel call: 1024 units, 128 KB (the fastest of 32/64/128/256 KB). */
+/**
+ * Bytes of flash data per window: 1024 units, 128 KB. Measured 32 KB to 512 KB: 128 KB and up are
+ * equal within noise, smaller is slower. A 2 MB window (whole image at once) put glibc's allocator
+ * into a page-fault-per-call regime for node:crypto's 1.3 MB outputs: 3.8 ms instead of 0.5 ms.
+ */
 export const XTS_CHUNK_BYTES = 128 * 1024;
-/** Units the SIMD kernel processes per loop turn (interleaved to hide the doubling latency). */
+/**
+ * Units the SIMD kernel processes per loop turn, interleaved to hide the latency of each unit's
+ * doubling chain (1, 2, 4 lanes: 3.5, 3.2, 2.8 µs per 64 KB and pass); unit counts are rounded up
+ * to it.
+ */
 export const XTS_LANES = 4;
-/** Scratch layout: data units, then their encrypted tweaks, then the tweak plaintexts. */
+/** Scratch layout: data units; their encrypted tweaks T (16 bytes a unit); the tweak plaintexts. */
 export const XTS_DATA_OFFSET = 0;
-export const XTS_TWEAK_OFFSET = XTS_DATA_OFFSET + XTS_CHUNK_BYTES + 128 * XTS_LANES;
-export const XTS_TWEAK_INPUT_OFFSET = XTS_TWEAK_OFFSET + XTS_CHUNK_BYTES / 8 + 16 * XTS_LANES;
-const SCRATCH_BYTES = XTS_TWEAK_INPUT_OFFSET + XTS_CHUNK_BYTES / 8 + 16 * XTS_LANES;
+export const XTS_TWEAK_OFFSET = XTS_DATA_OFFSET + XTS_CHUNK_BYTES;
+export const XTS_TWEAK_INPUT_OFFSET = XTS_TWEAK_OFFSET + XTS_CHUNK_BYTES / 8;
+const SCRATCH_BYTES = XTS_TWEAK_INPUT_OFFSET + XTS_CHUNK_BYTES / 8;
 
 export interface XtsWhitener {
   readonly kind: "wasm-simd" | "js";
   /** The scratch memory, laid out as the XTS_*_OFFSET constants say. */
   readonly mem: Uint8Array;
-  /** Units 0..units-1 at XTS_DATA_OFFSET with tweaks at XTS_TWEAK_OFFSET: rev16, then ⊕ T·α^(7−k). */
+  /** Each block k of units 0..units-1: rev16, then ⊕ T·α^(7−k), T the unit's encrypted tweak. */
   pre(units: number): void;
-  /** Same units: ⊕ T·α^(7−k), then rev16. */
+  /** Each block k of units 0..units-1: ⊕ T·α^(7−k), then rev16. */
   post(units: number): void;
 }
 
@@ -90,7 +100,7 @@ function name(s: string): number[] {
 }
 
 const simd = (opcode: number, ...imm: number[]) => [0xfd, ...uleb(opcode), ...imm];
-/** memarg: alignment exponent 0 (unaligned is allowed and as fast on x64/arm64), offset. */
+/** memarg: alignment hint 2^0 (only a hint; all accesses here are 16-byte aligned), offset. */
 const memarg = (offset: number) => [0, ...uleb(offset)];
 const op = {
   localGet: (i: number) => [0x20, ...uleb(i)],
@@ -109,6 +119,7 @@ const op = {
   v128Store: (offset: number) => simd(0x0b, ...memarg(offset)),
   v128Const: (bytes: readonly number[]) => simd(0x0c, ...bytes),
   i8x16Shuffle: (lanes: readonly number[]) => simd(0x0d, ...lanes),
+  i8x16Swizzle: simd(0x0e),
   v128And: simd(0x4e),
   v128Xor: simd(0x51),
   i32x4ShrS: simd(0xac),
@@ -117,7 +128,11 @@ const op = {
 
 const TYPE_I32 = 0x7f;
 const TYPE_V128 = 0x7b;
-/** rev16: byte i takes byte 15−i. */
+/**
+ * rev16 as an i8x16.swizzle index vector (byte i takes byte 15−i), kept in a local. The same
+ * pattern as an i8x16.shuffle immediate was 15% slower per pass (2.8 against 2.4 µs per 64 KB),
+ * presumably because V8 materialises a shuffle's byte mask at each use.
+ */
 const REVERSE = [15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0];
 /**
  * Doubling T (two little-endian 64-bit lanes): T+T per lane, then fold the two carries. The sign
@@ -130,8 +145,14 @@ const CARRY_PICK = [12, 13, 14, 15, 12, 13, 14, 15, 4, 5, 6, 7, 4, 5, 6, 7];
 const CARRY_FOLD = [0x87, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0];
 
 /**
- * One whitening function `(data, tweaks, units)`; `units` is a multiple of XTS_LANES. Locals after
- * the three parameters: one tweak per lane, then a temporary.
+ * `pre(data, tweaks, units)` / `post(...)`, units a multiple of XTS_LANES. Each loop turn takes
+ * XTS_LANES units side by side, so the lanes' doubling chains overlap. Block 7 of a unit takes
+ * α^0, block 6 α^1, ... so k walks down while each T doubles. Locals after the three i32
+ * parameters: one tweak per lane, a temporary, the rev16 swizzle indices.
+ *
+ * Doubling the tweaks once into a table shared by pre and post was tried and was slower
+ * (0.55-0.59 ms against 0.50-0.52 ms per 1.3 MB): the table doubles the memory traffic, while the
+ * doubling here costs five register instructions.
  */
 function whitenBody(post: boolean): number[] {
   const P_DATA = 0;
@@ -139,13 +160,14 @@ function whitenBody(post: boolean): number[] {
   const P_UNITS = 2;
   const tweak = (lane: number) => 3 + lane;
   const tmp = 3 + XTS_LANES;
+  const reverse = 4 + XTS_LANES;
   const c: number[][] = [];
+  c.push(op.v128Const(REVERSE), op.localSet(reverse));
   c.push(op.block, op.loop);
   c.push(op.localGet(P_UNITS), op.i32Eqz, op.brIf(1));
   for (let lane = 0; lane < XTS_LANES; lane++) {
     c.push(op.localGet(P_TWEAKS), op.v128Load(16 * lane), op.localSet(tweak(lane)));
   }
-  // Block 7 of each unit takes α^0, block 6 α^1, ... so walk k downwards, doubling as we go.
   for (let k = 7; k >= 0; k--) {
     for (let lane = 0; lane < XTS_LANES; lane++) {
       const t = tweak(lane);
@@ -153,11 +175,9 @@ function whitenBody(post: boolean): number[] {
       c.push(op.localGet(P_DATA)); // store address
       c.push(op.localGet(P_DATA), op.v128Load(offset));
       if (post) {
-        c.push(op.localGet(t), op.v128Xor, op.localTee(tmp), op.localGet(tmp));
-        c.push(op.i8x16Shuffle(REVERSE));
+        c.push(op.localGet(t), op.v128Xor, op.localGet(reverse), op.i8x16Swizzle);
       } else {
-        c.push(op.localTee(tmp), op.localGet(tmp), op.i8x16Shuffle(REVERSE));
-        c.push(op.localGet(t), op.v128Xor);
+        c.push(op.localGet(reverse), op.i8x16Swizzle, op.localGet(t), op.v128Xor);
       }
       c.push(op.v128Store(offset));
       if (k > 0) {
@@ -171,7 +191,7 @@ function whitenBody(post: boolean): number[] {
   c.push(op.localGet(P_TWEAKS), op.i32Const(16 * XTS_LANES), op.i32Add, op.localSet(P_TWEAKS));
   c.push(op.localGet(P_UNITS), op.i32Const(XTS_LANES), op.i32Sub, op.localSet(P_UNITS));
   c.push(op.br(0), op.end, op.end, op.end);
-  const body = [...vec([[XTS_LANES + 1, TYPE_V128]]), ...c.flat()];
+  const body = [...vec([[XTS_LANES + 2, TYPE_V128]]), ...c.flat()];
   return [...uleb(body.length), ...body];
 }
 
@@ -212,11 +232,8 @@ function createWasmWhitener(): XtsWhitener | undefined {
   // False where the engine or CPU lacks fixed-width SIMD; the JS kernel takes over.
   if (!wasm.validate(bytes)) return undefined;
   const instance = new wasm.Instance(new wasm.Module(bytes), {});
-  const exports = instance.exports as {
-    memory: { buffer: ArrayBuffer };
-    pre: (data: number, tweaks: number, units: number) => void;
-    post: (data: number, tweaks: number, units: number) => void;
-  };
+  type Fn = (data: number, tweaks: number, units: number) => void;
+  const exports = instance.exports as { memory: { buffer: ArrayBuffer }; pre: Fn; post: Fn };
   // The memory never grows, so this view stays attached.
   const mem = new Uint8Array(exports.memory.buffer);
   return {

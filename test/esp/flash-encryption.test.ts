@@ -125,7 +125,9 @@ describe("address and key dependence", () => {
   it("FLASH_CRYPT_CONFIG 0 ignores the address; 0xF does not", () => {
     const c0 = createFlashCipher({ scheme: "esp32", key: esp32Key, flashCryptConf: 0 });
     const at = (a: number) => c0.encrypt(a, ptApp);
-    expect(equalBytes(fe("ct_esp32_k256_conf0x0_0x10000.bin"), fe("ct_esp32_k256_conf0x0_0x160000.bin"))).toBe(true);
+    expect(
+      equalBytes(fe("ct_esp32_k256_conf0x0_0x10000.bin"), fe("ct_esp32_k256_conf0x0_0x160000.bin")),
+    ).toBe(true);
     expect(equalBytes(at(0x10000), at(0x3a0000))).toBe(true);
     // Every 32-byte block at conf 0 uses the same key, so equal blocks give equal ciphertext.
     expect(equalBytes(at(0).subarray(0, 16), c0.encrypt(0x20, ptApp.subarray(0, 16)))).toBe(true);
@@ -139,7 +141,11 @@ describe("address and key dependence", () => {
 
   it.each([
     ["esp32 conf 0xF", { scheme: "esp32", key: esp32Key }, "ct_esp32_k256_conf0xf_0x10000.bin"],
-    ["esp32 conf 0x3", { scheme: "esp32", key: esp32Key, flashCryptConf: 3 }, "ct_esp32_k256_conf0x3_0x10000.bin"],
+    [
+      "esp32 conf 0x3",
+      { scheme: "esp32", key: esp32Key, flashCryptConf: 3 },
+      "ct_esp32_k256_conf0x3_0x10000.bin",
+    ],
     ["xts 256", { scheme: "xts", key: xtsKey256 }, "ct_xts_k256_0x10000.bin"],
     ["xts 512", { scheme: "xts", key: xtsKey512 }, "ct_xts_k512_0x10000.bin"],
   ] as const)("%s: the wrong address or key decrypts to garbage", (_n, opts, ctName) => {
@@ -174,7 +180,9 @@ describe("address and key dependence", () => {
       const whole = fe(full);
       expect(equalBytes(whole.subarray(0x30, 0x60), fe(slice))).toBe(true);
       const c = createFlashCipher({ scheme: "xts", key });
-      expect(equalBytes(c.encrypt(0x10030, fe("pt_app_slice.bin")), whole.subarray(0x30, 0x60))).toBe(true);
+      expect(
+        equalBytes(c.encrypt(0x10030, fe("pt_app_slice.bin")), whole.subarray(0x30, 0x60)),
+      ).toBe(true);
     }
     expect(equalBytes(fe("pt_app_slice.bin"), ptApp.subarray(0x30, 0x60))).toBe(true);
   });
@@ -228,7 +236,10 @@ describe("ESP32 key tweak (FLASH_CRYPT_CONFIG groups)", () => {
         fc.uint8Array({ minLength: 16, maxLength: 16 }),
         (key, conf, blockIndex, block) => {
           const address = blockIndex * 16;
-          const ours = createFlashCipher({ scheme: "esp32", key, flashCryptConf: conf }).encrypt(address, block);
+          const ours = createFlashCipher({ scheme: "esp32", key, flashCryptConf: conf }).encrypt(
+            address,
+            block,
+          );
           expect(toHex(ours)).toBe(toHex(reference(key, conf, address, block)));
         },
       ),
@@ -240,12 +251,14 @@ describe("ESP32 key tweak (FLASH_CRYPT_CONFIG groups)", () => {
 describe("table-driven AES-256 (flash-encryption-aes.ts)", () => {
   const words = (b: Uint8Array) => {
     const w = new Int32Array(b.length / 4);
-    for (let i = 0; i < w.length; i++) w[i] = (b[4 * i]! << 24) | (b[4 * i + 1]! << 16) | (b[4 * i + 2]! << 8) | b[4 * i + 3]!;
+    for (let i = 0; i < w.length; i++)
+      w[i] = (b[4 * i]! << 24) | (b[4 * i + 1]! << 16) | (b[4 * i + 2]! << 8) | b[4 * i + 3]!;
     return w;
   };
   const bytes = (w: Int32Array) => {
     const b = new Uint8Array(w.length * 4);
-    for (let i = 0; i < w.length; i++) for (let j = 0; j < 4; j++) b[4 * i + j] = (w[i]! >>> (24 - 8 * j)) & 0xff;
+    for (let i = 0; i < w.length; i++)
+      for (let j = 0; j < 4; j++) b[4 * i + j] = (w[i]! >>> (24 - 8 * j)) & 0xff;
     return b;
   };
   const run = (key: Uint8Array, block: Uint8Array, decrypt: boolean) => {
@@ -274,7 +287,9 @@ describe("table-driven AES-256 (flash-encryption-aes.ts)", () => {
         fc.uint8Array({ minLength: 16, maxLength: 16 }),
         (key, block) => {
           const enc = createCipheriv("aes-256-ecb", key, null).setAutoPadding(false).update(block);
-          const dec = createDecipheriv("aes-256-ecb", key, null).setAutoPadding(false).update(block);
+          const dec = createDecipheriv("aes-256-ecb", key, null)
+            .setAutoPadding(false)
+            .update(block);
           expect(toHex(run(key, block, false))).toBe(toHex(enc));
           expect(toHex(run(key, block, true))).toBe(toHex(dec));
         },
@@ -289,8 +304,14 @@ describe("table-driven AES-256 (flash-encryption-aes.ts)", () => {
  * (one cipher per 128-byte unit: zero-pad to whole units, reverse each unit, XTS, reverse back).
  * OpenSSL rejects keys whose halves are equal, so the generators avoid them.
  */
-function xtsReference(keyFile: Uint8Array, address: number, data: Uint8Array, decrypt: boolean): Uint8Array {
-  const key = keyFile.length === 16 ? createHash("sha256").update(keyFile).digest() : Buffer.from(keyFile);
+function xtsReference(
+  keyFile: Uint8Array,
+  address: number,
+  data: Uint8Array,
+  decrypt: boolean,
+): Uint8Array {
+  const key =
+    keyFile.length === 16 ? createHash("sha256").update(keyFile).digest() : Buffer.from(keyFile);
   const algorithm = key.length === 32 ? "aes-128-xts" : "aes-256-xts";
   const lead = address % 128;
   const total = Math.ceil((lead + data.length) / 128) * 128;
@@ -300,7 +321,9 @@ function xtsReference(keyFile: Uint8Array, address: number, data: Uint8Array, de
   for (let o = 0; o < total; o += 128) {
     const tweak = Buffer.alloc(16);
     tweak.writeUInt32LE(address - lead + o);
-    const c = decrypt ? createDecipheriv(algorithm, key, tweak) : createCipheriv(algorithm, key, tweak);
+    const c = decrypt
+      ? createDecipheriv(algorithm, key, tweak)
+      : createCipheriv(algorithm, key, tweak);
     const unit = Buffer.from(buf.subarray(o, o + 128)).reverse();
     out.set(Buffer.concat([c.update(unit), c.final()]).reverse(), o);
   }
@@ -310,7 +333,9 @@ function xtsReference(keyFile: Uint8Array, address: number, data: Uint8Array, de
 const xtsKeyArb = fc
   .constantFrom(16, 32, 64)
   .chain((n) => fc.uint8Array({ minLength: n, maxLength: n }))
-  .filter((k) => k.length === 16 || !equalBytes(k.subarray(0, k.length / 2), k.subarray(k.length / 2)));
+  .filter(
+    (k) => k.length === 16 || !equalBytes(k.subarray(0, k.length / 2), k.subarray(k.length / 2)),
+  );
 
 describe("XTS against node:crypto's aes-xts", () => {
   it("both kernels equal the per-unit reference at random addresses and lengths", () => {
@@ -339,8 +364,27 @@ describe("XTS against node:crypto's aes-xts", () => {
     const data = new Uint8Array(randomBytes(300_000 - (300_000 % 16)));
     const key = xtsKey512;
     const want = xtsReference(key, 0x12340, data, false);
-    expect(equalBytes(createFlashCipher({ scheme: "xts", key }).encrypt(0x12340, data), want)).toBe(true);
-    expect(equalBytes(createFlashCipherJsKernel({ scheme: "xts", key }).encrypt(0x12340, data), want)).toBe(true);
+    expect(equalBytes(createFlashCipher({ scheme: "xts", key }).encrypt(0x12340, data), want)).toBe(
+      true,
+    );
+    expect(
+      equalBytes(createFlashCipherJsKernel({ scheme: "xts", key }).encrypt(0x12340, data), want),
+    ).toBe(true);
+  });
+
+  it("returns arrays whose .buffer holds nothing but the result", () => {
+    // Small calls hand back node:crypto's output buffer; the padding blocks around the view are
+    // zeroed, so no bytes derived from another call's data travel with the result.
+    const c = createFlashCipher({ scheme: "xts", key: xtsKey256 });
+    c.decrypt(0x10000, ptApp.subarray(0, 1024)); // leave other data in the scratch
+    const out = c.encrypt(0x10030, ptApp.subarray(0x30, 0x60));
+    const all = new Uint8Array(out.buffer);
+    const outside = [
+      ...all.subarray(0, out.byteOffset),
+      ...all.subarray(out.byteOffset + out.length),
+    ];
+    expect(outside.every((b) => b === 0)).toBe(true);
+    expect(toHex(out)).toBe(toHex(fe("ct_xts_k256_0x10030_slice.bin")));
   });
 
   it("uses the WebAssembly SIMD kernel on this Node", () => {
@@ -364,7 +408,9 @@ const optsArb: fc.Arbitrary<FlashCryptOptions> = fc.oneof(
   fc
     .tuple(fc.constantFrom(32, 24), fc.integer({ min: 0, max: 15 }))
     .chain(([n, conf]) =>
-      fc.uint8Array({ minLength: n, maxLength: n }).map((key) => ({ scheme: "esp32" as const, key, flashCryptConf: conf })),
+      fc
+        .uint8Array({ minLength: n, maxLength: n })
+        .map((key) => ({ scheme: "esp32" as const, key, flashCryptConf: conf })),
     ),
   xtsKeyArb.map((key) => ({ scheme: "xts" as const, key })),
 );
@@ -399,7 +445,8 @@ describe("properties", () => {
         (opts, { address, blocks }, direction, cuts) => {
           const data = new Uint8Array(randomBytes(blocks * 16));
           const c = createFlashCipher(opts);
-          const whole = direction === "encrypt" ? c.encrypt(address, data) : c.decrypt(address, data);
+          const whole =
+            direction === "encrypt" ? c.encrypt(address, data) : c.decrypt(address, data);
           const stream = createFlashCryptStream(c, address, direction);
           const parts: Uint8Array[] = [];
           let pos = 0;
@@ -481,27 +528,38 @@ describe("misuse and bad input", () => {
     ["xts", 24],
     ["xts", 48],
     ["xts", 0],
-  ] as const)("%s rejects a %i-byte key with E_FLASH_KEY_LENGTH naming the lengths", (scheme, n) => {
-    let err: unknown;
-    try {
-      createFlashCipher({ scheme, key: new Uint8Array(n) } as FlashCryptOptions);
-    } catch (e) {
-      err = e;
-    }
-    expect(err).toBeInstanceOf(EspOtaError);
-    expect((err as EspOtaError).code).toBe("E_FLASH_KEY_LENGTH");
-    expect((err as EspOtaError).message).toMatch(scheme === "esp32" ? /32 bytes .* 24 bytes/ : /16 bytes .* 32 bytes .* 64 bytes/);
-    expect((err as EspOtaError).context).toMatchObject({ scheme, keyLength: n });
-  });
+  ] as const)(
+    "%s rejects a %i-byte key with E_FLASH_KEY_LENGTH naming the lengths",
+    (scheme, n) => {
+      let err: unknown;
+      try {
+        createFlashCipher({ scheme, key: new Uint8Array(n) } as FlashCryptOptions);
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(EspOtaError);
+      expect((err as EspOtaError).code).toBe("E_FLASH_KEY_LENGTH");
+      expect((err as EspOtaError).message).toMatch(
+        scheme === "esp32" ? /32 bytes .* 24 bytes/ : /16 bytes .* 32 bytes .* 64 bytes/,
+      );
+      expect((err as EspOtaError).context).toMatchObject({ scheme, keyLength: n });
+    },
+  );
 
   it("throws TypeError for a key that is not bytes or an unknown scheme", () => {
-    expect(() => createFlashCipher({ scheme: "esp32", key: "00".repeat(32) as unknown as Uint8Array })).toThrow(TypeError);
-    expect(() => createFlashCipher({ scheme: "aes", key: esp32Key } as unknown as FlashCryptOptions)).toThrow(TypeError);
+    expect(() =>
+      createFlashCipher({ scheme: "esp32", key: "00".repeat(32) as unknown as Uint8Array }),
+    ).toThrow(TypeError);
+    expect(() =>
+      createFlashCipher({ scheme: "aes", key: esp32Key } as unknown as FlashCryptOptions),
+    ).toThrow(TypeError);
     expect(() => createFlashCipher(null as unknown as FlashCryptOptions)).toThrow(TypeError);
   });
 
   it.each([16, -1, 1.5, Number.NaN])("throws RangeError for FLASH_CRYPT_CONFIG %s", (conf) => {
-    expect(() => createFlashCipher({ scheme: "esp32", key: esp32Key, flashCryptConf: conf })).toThrow(RangeError);
+    expect(() =>
+      createFlashCipher({ scheme: "esp32", key: esp32Key, flashCryptConf: conf }),
+    ).toThrow(RangeError);
   });
 
   it.each([
@@ -512,13 +570,16 @@ describe("misuse and bad input", () => {
     ["xts", 0x10004, 16, "address-align"],
     ["xts", 0x10000, 100, "length-align"],
     ["xts", 0xfffffff0, 32, "range"],
-  ] as const)("%s at %s, %i bytes: %s (RangeError from the cipher)", (scheme, address, len, reason) => {
-    expect(checkFlashRegion(scheme, address, len)).toMatchObject({ ok: false, reason });
-    const key = scheme === "esp32" ? esp32Key : xtsKey256;
-    const c = createFlashCipher({ scheme, key } as FlashCryptOptions);
-    expect(() => c.encrypt(address, new Uint8Array(len))).toThrow(RangeError);
-    expect(() => c.decrypt(address, new Uint8Array(len))).toThrow(RangeError);
-  });
+  ] as const)(
+    "%s at %s, %i bytes: %s (RangeError from the cipher)",
+    (scheme, address, len, reason) => {
+      expect(checkFlashRegion(scheme, address, len)).toMatchObject({ ok: false, reason });
+      const key = scheme === "esp32" ? esp32Key : xtsKey256;
+      const c = createFlashCipher({ scheme, key } as FlashCryptOptions);
+      expect(() => c.encrypt(address, new Uint8Array(len))).toThrow(RangeError);
+      expect(() => c.decrypt(address, new Uint8Array(len))).toThrow(RangeError);
+    },
+  );
 
   it("works right up to the end of each address space", () => {
     const esp = createFlashCipher({ scheme: "esp32", key: esp32Key });
@@ -526,12 +587,18 @@ describe("misuse and bad input", () => {
     const data = ptApp.subarray(0, 64);
     expect(equalBytes(esp.decrypt(0xffffc0, esp.encrypt(0xffffc0, data)), data)).toBe(true);
     expect(equalBytes(xts.decrypt(0xffffffc0, xts.encrypt(0xffffffc0, data)), data)).toBe(true);
-    expect(toHex(xts.encrypt(0xffffffc0, data))).toBe(toHex(xtsReference(xtsKey512, 0xffffffc0, data, false)));
+    expect(toHex(xts.encrypt(0xffffffc0, data))).toBe(
+      toHex(xtsReference(xtsKey512, 0xffffffc0, data, false)),
+    );
   });
 
   it("encrypts nothing to nothing", () => {
-    expect(createFlashCipher({ scheme: "xts", key: xtsKey256 }).encrypt(0x1000, new Uint8Array(0))).toHaveLength(0);
-    expect(createFlashCipher({ scheme: "esp32", key: esp32Key }).decrypt(0x1000, new Uint8Array(0))).toHaveLength(0);
+    expect(
+      createFlashCipher({ scheme: "xts", key: xtsKey256 }).encrypt(0x1000, new Uint8Array(0)),
+    ).toHaveLength(0);
+    expect(
+      createFlashCipher({ scheme: "esp32", key: esp32Key }).decrypt(0x1000, new Uint8Array(0)),
+    ).toHaveLength(0);
   });
 
   it("the stream rejects a ragged end, use after end and a bad start", () => {

@@ -154,7 +154,12 @@ function cryptFile(
     );
   } catch (e) {
     if (isEspOtaError(e)) {
-      const hint = xts ? "" : " (for ESP32-S2 and later chips, add --aes-xts)";
+      // The usual mistake is the scheme, not the key: say which flag the key length suggests.
+      const hint = !xts
+        ? " (for ESP32-S2 and later chips, add --aes-xts)"
+        : key.length === 24
+          ? " (a 24-byte key is for the ESP32 (classic) scheme: leave out --aes-xts)"
+          : "";
       throw new EspOtaError(
         e.code,
         `${o.keyfile}: ${e.message}${hint}`,
