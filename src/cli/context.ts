@@ -20,6 +20,11 @@ export interface CliContext {
   readText(path: string): string;
   /** Writes atomically enough for a CLI: creates the parent directory; `mode` 0o600 for secrets. */
   writeFile(path: string, data: Uint8Array | string, mode?: number): void;
+  /**
+   * Creates a secret (a key) exclusively — flag "wx", so an existing file is never overwritten
+   * and there is no check-then-write race — with mode 0600. Throws E_KEY_EXISTS if it exists.
+   */
+  createSecretFile(path: string, data: Uint8Array | string): void;
   /** stdout.write with a newline. */
   print(line?: string): void;
   /** stderr.write with a newline (progress and notes, never machine-readable output). */
@@ -56,6 +61,26 @@ export function createContext(
         mkdirSync(dirname(abs(path)), { recursive: true });
         writeFileSync(abs(path), data, { mode });
       } catch (e) {
+        throw new EspOtaError(
+          "E_FILE_WRITE",
+          `cannot write ${path}: ${(e as Error).message}`,
+          { path },
+          e,
+        );
+      }
+    },
+    createSecretFile(path, data) {
+      try {
+        mkdirSync(dirname(abs(path)), { recursive: true });
+        writeFileSync(abs(path), data, { mode: 0o600, flag: "wx" });
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === "EEXIST") {
+          throw new EspOtaError(
+            "E_KEY_EXISTS",
+            `key file ${path} already exists; not overwriting it`,
+            { path },
+          );
+        }
         throw new EspOtaError(
           "E_FILE_WRITE",
           `cannot write ${path}: ${(e as Error).message}`,

@@ -29,10 +29,4 @@ export const flashEncryptionCodes = {
     action:
       "Decrypt exactly the bytes read from flash (a multiple of 16). For AES-XTS, pad the plaintext to a multiple of 16 first, as the build system does.",
   },
-  E_FLASH_KEY_EXISTS: {
-    meaning:
-      "The key file to generate already exists; a flash encryption key is never overwritten.",
-    action:
-      "Choose another path, or delete the old key yourself once you are sure no device or image still needs it.",
-  },
 } as const satisfies ErrorCodeTable;

@@ -36,7 +36,7 @@ export const secureBootCodes = {
   },
   E_KEY_EXISTS: {
     meaning:
-      "generate-signing-key refuses to overwrite an existing file, as espsecure does, so no key is lost.",
+      "A key-generating command (generate-signing-key, generate-flash-encryption-key) refuses to overwrite an existing file, as espsecure does, so no key is lost.",
     action:
       "Choose a new file name, or move the old key away yourself if you really mean to replace it.",
   },

@@ -9,7 +9,7 @@ import { otaAppPartitions } from "../../src/esp/partition-table.js";
 import { runPowerCutSweep } from "../../src/sim/power-cut.js";
 import { app, makeDevice, otaImage, security } from "../helpers/sim.js";
 
-const size = Number(process.argv[2] ?? 1.3 * 2 ** 20);
+const size = Math.round(Number(process.argv[2] ?? 1.3 * 2 ** 20));
 const doubleCutEvery = Number(process.argv[3] ?? 50);
 const chip = (process.argv[4] ?? "esp32") as "esp32" | "esp32s3";
 const sec = security(chip);

@@ -489,7 +489,7 @@ describe("generate-flash-encryption-key", () => {
     const before = read("key-32.bin");
     const r = await run("generate_flash_encryption_key", "key-32.bin");
     expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(/^error E_FLASH_KEY_EXISTS: key file key-32\.bin already exists/);
+    expect(r.stderr).toMatch(/^error E_KEY_EXISTS: key file key-32\.bin already exists/);
     expect(equalBytes(read("key-32.bin"), before)).toBe(true);
     const bad = await run("generate-flash-encryption-key", "--keylen", "384", "k384.bin");
     expect(bad.code).toBe(2);

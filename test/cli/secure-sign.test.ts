@@ -48,7 +48,7 @@ describe("generate-signing-key", () => {
     expect(statSync(join(dir, "v1.pem")).mode & 0o777).toBe(0o600);
     const again = await run("generate-signing-key", "v1.pem");
     expect(again.code).toBe(1);
-    expect(again.stderr).toMatch(/^error E_KEY_EXISTS: ERROR: Key file v1.pem already exists\./);
+    expect(again.stderr).toMatch(/^error E_KEY_EXISTS: key file v1.pem already exists/);
     expect(read("v1.pem").toString()).toBe(pem);
   });
 

@@ -15,7 +15,6 @@ import {
   readSync,
   statSync,
   unlinkSync,
-  writeFileSync,
   writeSync,
 } from "node:fs";
 import { dirname, resolve } from "node:path";
@@ -74,7 +73,7 @@ export function registerSecureFlash(secure: Command, ctx: CliContext): void {
     .argument("<keyfile>", "where to write the key")
     .action((keyfile: string, o: { keylen: string }) => {
       const keylen = Number(o.keylen) as FlashKeyBits;
-      writeNewKey(ctx, keyfile, generateFlashEncryptionKey(keylen));
+      ctx.createSecretFile(keyfile, generateFlashEncryptionKey(keylen));
       ctx.print(`Writing ${keylen} random bits to key file "${keyfile}".`);
     });
 
@@ -372,33 +371,5 @@ function checkNotSame(ctx: CliContext, input: string, output: string): void {
         output,
       },
     );
-  }
-}
-
-/**
- * Creates the key file exclusively (flag "wx": fails if it exists, with no check-then-write race)
- * with mode 0600. CliContext.writeFile always truncates, which must never happen to a key.
- */
-function writeNewKey(ctx: CliContext, path: string, key: Uint8Array): void {
-  const abs = resolve(ctx.cwd, path);
-  try {
-    mkdirSync(dirname(abs), { recursive: true });
-    writeFileSync(abs, key, { mode: 0o600, flag: "wx" });
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === "EEXIST") {
-      throw new EspOtaError(
-        "E_FLASH_KEY_EXISTS",
-        `key file ${path} already exists; not overwriting it`,
-        { path },
-      );
-    }
-    throw new EspOtaError(
-      "E_FILE_WRITE",
-      `cannot write ${path}: ${(e as Error).message}`,
-      { path },
-      e,
-    );
-  } finally {
-    key.fill(0);
   }
 }

@@ -5,8 +5,7 @@
  * Failures are coded errors (exit 1); a failed verification exits 1 with the E_SIG_* code that
  * says what failed. No command ever prints key material.
  */
-import { mkdirSync, writeFileSync } from "node:fs";
-import { dirname, resolve } from "node:path";
+import { resolve } from "node:path";
 import { type Command, Option } from "commander";
 import { EspOtaError, isEspOtaError } from "../../errors.js";
 import {
@@ -108,7 +107,7 @@ export function registerSecureSign(parent: Command, ctx: CliContext): void {
       } else {
         scheme = o.scheme ?? "rsa3072";
       }
-      writeNewSecret(ctx, keyfile, generateSigningKeyPem(scheme));
+      ctx.createSecretFile(keyfile, generateSigningKeyPem(scheme));
       ctx.print(`${curveName(scheme)} private key in PEM format written to "${keyfile}".`);
     });
 
@@ -357,26 +356,4 @@ function signV2(
   ctx.print(
     `Signed ${signed.length - SIG_SECTOR_SIZE} bytes of data from "${datafile}". Signature sector now has ${blocks} signature blocks.`,
   );
-}
-
-/**
- * Creates a secret file exclusively (flag "wx": fails if it exists, no check-then-write race) with
- * mode 0600. CliContext.writeFile always truncates, which must never happen to a signing key.
- */
-function writeNewSecret(ctx: CliContext, path: string, data: string): void {
-  const abs = resolve(ctx.cwd, path);
-  try {
-    mkdirSync(dirname(abs), { recursive: true });
-    writeFileSync(abs, data, { mode: 0o600, flag: "wx" });
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === "EEXIST") {
-      throw new EspOtaError("E_KEY_EXISTS", `ERROR: Key file ${path} already exists.`, { path });
-    }
-    throw new EspOtaError(
-      "E_FILE_WRITE",
-      `cannot write ${path}: ${(e as Error).message}`,
-      { path },
-      e,
-    );
-  }
 }
