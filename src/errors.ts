@@ -9,8 +9,10 @@ import { flashEncryptionCodes } from "./error-codes/flash-encryption.js";
 import { imageCodes } from "./error-codes/image.js";
 import { otadataCodes } from "./error-codes/otadata.js";
 import { partitionCodes } from "./error-codes/partition.js";
+import { releaseCodes } from "./error-codes/release.js";
 import { secureBootCodes } from "./error-codes/secure-boot.js";
 import { simCodes } from "./error-codes/sim.js";
+import { uartCodes } from "./error-codes/uart.js";
 import type { ErrorCodeInfo } from "./error-codes/types.js";
 
 /** Areas in the order docs/errors.md lists them. */
@@ -22,6 +24,8 @@ export const ERROR_AREAS = [
   { title: "Secure boot signatures", codes: secureBootCodes },
   { title: "Flash encryption", codes: flashEncryptionCodes },
   { title: "Device simulator", codes: simCodes },
+  { title: "UART OTA protocol", codes: uartCodes },
+  { title: "Release pipeline", codes: releaseCodes },
 ] as const;
 
 export const ERROR_CODES = Object.assign(
