@@ -10,10 +10,11 @@ import { imageCodes } from "./error-codes/image.js";
 import { otadataCodes } from "./error-codes/otadata.js";
 import { partitionCodes } from "./error-codes/partition.js";
 import { releaseCodes } from "./error-codes/release.js";
+import { releaseBuildCodes } from "./error-codes/release-build.js";
 import { secureBootCodes } from "./error-codes/secure-boot.js";
 import { simCodes } from "./error-codes/sim.js";
-import { uartCodes } from "./error-codes/uart.js";
 import type { ErrorCodeInfo } from "./error-codes/types.js";
+import { uartCodes } from "./error-codes/uart.js";
 
 /** Areas in the order docs/errors.md lists them. */
 export const ERROR_AREAS = [
@@ -25,7 +26,8 @@ export const ERROR_AREAS = [
   { title: "Flash encryption", codes: flashEncryptionCodes },
   { title: "Device simulator", codes: simCodes },
   { title: "UART OTA protocol", codes: uartCodes },
-  { title: "Release pipeline", codes: releaseCodes },
+  { title: "Release manifests and keys", codes: releaseCodes },
+  { title: "Release build, device registry, image server", codes: releaseBuildCodes },
 ] as const;
 
 export const ERROR_CODES = Object.assign(

@@ -4,11 +4,17 @@
  */
 import { Command, CommanderError } from "commander";
 import { EspOtaError, isEspOtaError } from "../errors.js";
+import { registerDevice } from "./commands/device.js";
+import { registerDevices } from "./commands/devices.js";
 import { registerImageInfo } from "./commands/image-info.js";
+import { registerKeys } from "./commands/keys.js";
 import { registerOtadata } from "./commands/otadata.js";
 import { registerPartitionTable } from "./commands/partition-table.js";
+import { registerReleaseBuild } from "./commands/release-build.js";
+import { registerReleaseVerify } from "./commands/release-verify.js";
 import { registerSecureFlash } from "./commands/secure-flash.js";
 import { registerSecureSign } from "./commands/secure-sign.js";
+import { registerServe } from "./commands/serve.js";
 import { registerSim } from "./commands/sim.js";
 import { type CliContext, createContext, type OutputSink } from "./context.js";
 
@@ -41,6 +47,15 @@ export function buildProgram(ctx: CliContext): Command {
   registerPartitionTable(program, ctx);
   registerOtadata(program, ctx);
   registerSim(program, ctx);
+  registerDevice(program, ctx);
+  registerKeys(program, ctx);
+  registerDevices(program, ctx);
+  const release = program
+    .command("release")
+    .description("Build, sign and verify releases: sign once, encrypt per device and slot.");
+  registerReleaseBuild(release, ctx);
+  registerReleaseVerify(release, ctx);
+  registerServe(program, ctx);
 
   // Every (sub)command throws instead of exiting, so runCli can map errors to exit codes.
   const applyOverrides = (cmd: Command) => {

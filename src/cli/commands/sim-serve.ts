@@ -1,0 +1,7 @@
+import type { Command } from "commander";
+import type { CliContext } from "../context.js";
+
+export function registerSimServe(parent: Command, ctx: CliContext): void {
+  void parent;
+  void ctx;
+}
