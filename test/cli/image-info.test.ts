@@ -2,20 +2,13 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { runCli } from "../../src/cli/program.js";
 import { buildAppImage } from "../../src/esp/image.js";
+import { runCapture } from "../helpers/cli.js";
 import { fixture, fixturePath, fixtureText } from "../helpers/fixtures.js";
 
 async function run(argv: string[], cwd = process.cwd()) {
-  let out = "";
-  let err = "";
-  const code = await runCli(
-    argv,
-    { write: (s: string) => (out += s) },
-    { write: (s: string) => (err += s) },
-    cwd,
-  );
-  return { code, out, err };
+  const r = await runCapture(argv, cwd);
+  return { code: r.code, out: r.stdout, err: r.stderr };
 }
 
 function tempFile(name: string, data: Uint8Array): string {

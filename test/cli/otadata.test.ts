@@ -2,19 +2,11 @@ import { copyFileSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { runCli } from "../../src/cli/program.js";
+import { runCapture } from "../helpers/cli.js";
 import { fixtureJson, fixturePath } from "../helpers/fixtures.js";
 
-async function run(argv: string[], cwd = fixturePath("")) {
-  let stdout = "";
-  let stderr = "";
-  const code = await runCli(
-    argv,
-    { write: (s: string) => (stdout += s) },
-    { write: (s: string) => (stderr += s) },
-    cwd,
-  );
-  return { code, stdout, stderr };
+function run(argv: string[], cwd = fixturePath("")) {
+  return runCapture(argv, cwd);
 }
 
 interface Vectors {

@@ -11,8 +11,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { equalBytes } from "../../src/bytes.js";
-import { runCli } from "../../src/cli/program.js";
 import { createFlashCipher } from "../../src/esp/flash-encryption.js";
+import { runCapture } from "../helpers/cli.js";
 import { fixture, fixtureJson, fixturePath } from "../helpers/fixtures.js";
 
 interface Vector {
@@ -29,15 +29,7 @@ const fx = (name: string) => fixturePath(`flash_encryption/${name}`);
 let dir: string;
 
 async function run(...argv: string[]) {
-  let stdout = "";
-  let stderr = "";
-  const code = await runCli(
-    ["secure", ...argv],
-    { write: (s: string) => (stdout += s) },
-    { write: (s: string) => (stderr += s) },
-    dir,
-  );
-  return { code, stdout, stderr };
+  return runCapture(["secure", ...argv], dir);
 }
 
 const read = (name: string) => new Uint8Array(readFileSync(join(dir, name)));

@@ -10,7 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { toHex } from "../../src/bytes.js";
-import { runCli } from "../../src/cli/program.js";
+import { runCapture } from "../helpers/cli.js";
 import { fixtureJson, fixturePath, fixtureText } from "../helpers/fixtures.js";
 
 const sbv2 = fixtureJson("sbv2/expected.json");
@@ -19,16 +19,9 @@ let dir: string;
 const allOutput: string[] = [];
 
 async function run(...argv: string[]) {
-  let stdout = "";
-  let stderr = "";
-  const code = await runCli(
-    ["secure", ...argv],
-    { write: (s: string) => (stdout += s) },
-    { write: (s: string) => (stderr += s) },
-    dir,
-  );
-  allOutput.push(stdout, stderr);
-  return { code, stdout, stderr };
+  const r = await runCapture(["secure", ...argv], dir);
+  allOutput.push(r.stdout, r.stderr);
+  return r;
 }
 
 const fx = (p: string) => fixturePath(p);

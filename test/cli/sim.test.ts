@@ -2,20 +2,13 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { runCli } from "../../src/cli/program.js";
 import { DEMO_PARTITIONS } from "../../src/sim/demo.js";
+import { runCapture } from "../helpers/cli.js";
 import { fixturePath } from "../helpers/fixtures.js";
 
 async function run(cwd: string, ...argv: string[]) {
-  let out = "";
-  let err = "";
-  const code = await runCli(
-    argv,
-    { write: (s: string) => (out += s) },
-    { write: (s: string) => (err += s) },
-    cwd,
-  );
-  return { code, out, err };
+  const r = await runCapture(argv, cwd);
+  return { code: r.code, out: r.stdout, err: r.stderr };
 }
 
 describe("esp-ota sim", () => {

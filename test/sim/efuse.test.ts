@@ -1,16 +1,8 @@
 import { describe, expect, it } from "vitest";
-import type { EspOtaError } from "../../src/errors.js";
 import { Efuses } from "../../src/sim/efuse.js";
+import { codeOf } from "../helpers/cli.js";
 
 const mac = new Uint8Array([0x24, 0x0a, 0xc4, 1, 2, 3]);
-const codeOf = (f: () => unknown) => {
-  try {
-    f();
-  } catch (e) {
-    return (e as EspOtaError).code;
-  }
-  return "no error";
-};
 
 describe("eFuses are one-way", () => {
   it("flash encryption is on for an odd counter, off for even", () => {

@@ -1,18 +1,10 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import type { EspOtaError } from "../../src/errors.js";
 import { VirtualClock } from "../../src/sim/clock.js";
 import { NorFlash, PAGE_SIZE, SECTOR_SIZE } from "../../src/sim/flash.js";
+import { codeOf } from "../helpers/cli.js";
 
 const MB4 = 4 << 20;
-const codeOf = (f: () => unknown) => {
-  try {
-    f();
-  } catch (e) {
-    return (e as EspOtaError).code;
-  }
-  return "no error";
-};
 
 describe("NorFlash", () => {
   it("starts erased and costs nothing until written", () => {
