@@ -175,10 +175,15 @@ export function runSimDemo(print: (line: string) => void, appSize = 0x40000): De
       !r.ok && version(d) === "2.0.0",
     );
 
+    const crashStart = d.device.uart.lines.length;
     r = applyPreEncryptedUpdate(
       d.device,
       encryptForAddress(d.chip, d.fe, slot.offset, signImage(appV(d, "2.1.0"), d.sb)),
     );
+    const shown = /^rst:|Loaded app|App version|Guru Meditation/;
+    for (const l of d.device.uart.lines.slice(crashStart).filter((x) => shown.test(x))) {
+      print(`   | ${l}`);
+    }
     record(
       d,
       "2.1.0 panics before confirming itself",
