@@ -1,0 +1,378 @@
+/**
+ * `esp-ota release build`: the adapter that runs the pure plan (build-plan.ts) against files and
+ * cores, as named steps: checkApp, selectDevices, checkDevices, sign, encrypt (per device, in
+ * worker threads), sign manifests, write the index. docs/release.md describes the output.
+ *
+ * Safe to rerun: a device whose manifest is for this release and whose ciphertexts still hash to
+ * the manifest's values is skipped; anything else about it is rebuilt. The per-device release
+ * counter is persisted in the registry before the manifest that carries it is written, and a
+ * rerun of the same release reuses it, so counters only grow and are never issued twice.
+ */
+import { createHash } from "node:crypto";
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { availableParallelism } from "node:os";
+import { join } from "node:path";
+import { Worker } from "node:worker_threads";
+import { EspOtaError } from "../errors.js";
+import {
+  type Check,
+  checkDevice,
+  checkReleaseApp,
+  type DeviceJob,
+  isBaseUrl,
+  makeIndex,
+  makeManifest,
+  planDevice,
+  type ReleaseApp,
+  type ReleaseIndex,
+  releaseIdFor,
+  type SlotResult,
+  signReleaseApp,
+  variantUrl,
+} from "./build-plan.js";
+import {
+  type BuildWorkerData,
+  hashFile,
+  runDeviceJob,
+  type WorkerReply,
+  type WorkerRequest,
+} from "./build-worker.js";
+import type { Keyring } from "./keyring-fs.js";
+import { type ReleaseManifest, type SignedManifest, signManifest } from "./manifest.js";
+import { type DeviceRecord, deviceCipherOptions, nextReleaseCounter } from "./registry.js";
+import type { DeviceRegistry } from "./registry-fs.js";
+
+export type BuildStep =
+  | "checkApp"
+  | "selectDevices"
+  | "checkDevices"
+  | "sign"
+  | "encrypt"
+  | "signManifests"
+  | "writeIndex";
+
+export interface BuildOptions {
+  keyring: Keyring;
+  registry: DeviceRegistry;
+  /** The app as ESP-IDF built it, unsigned. */
+  app: Uint8Array;
+  version: string;
+  /** "all": every registered device of the app's chip. */
+  devices: "all" | readonly string[];
+  baseUrl: string;
+  outDir: string;
+  /** Manifest lifetime. */
+  expiresInMs: number;
+  /** Worker threads; default one per core (availableParallelism). 1 runs in this thread. */
+  jobs?: number;
+  now?: () => Date;
+  onProgress?: (e: BuildProgress) => void;
+}
+
+export interface BuildProgress {
+  deviceId: string;
+  /** Devices finished (built or skipped) so far, of `total`. */
+  done: number;
+  total: number;
+  skipped: boolean;
+}
+
+export interface BuildSummary {
+  releaseId: string;
+  built: string[];
+  skipped: string[];
+  /** Registered devices left out of `--devices all` because they are another chip. */
+  excluded: { deviceId: string; chip: string }[];
+  /** Ciphertext bytes written by this run. */
+  bytesWritten: number;
+  index: ReleaseIndex;
+}
+
+function fail(step: BuildStep, c: Extract<Check, { ok: false }>): never {
+  throw new EspOtaError(c.code, c.reason, { step, deviceId: c.deviceId });
+}
+
+export async function buildRelease(o: BuildOptions): Promise<BuildSummary> {
+  const now = o.now ?? (() => new Date());
+  if (!isBaseUrl(o.baseUrl))
+    throw new EspOtaError(
+      "E_RELEASE_BASE_URL",
+      `--base-url ${JSON.stringify(o.baseUrl)} is not an http(s) URL`,
+      { step: "checkApp" },
+    );
+
+  // checkApp
+  const appCheck = checkReleaseApp(o.app, o.version);
+  if (!appCheck.ok) fail("checkApp", appCheck);
+  const app = appCheck.app;
+  const appSha = createHash("sha256").update(o.app).digest("hex");
+  const releaseId = releaseIdFor(app.desc, appSha);
+
+  // selectDevices
+  const excluded: BuildSummary["excluded"] = [];
+  let devices: DeviceRecord[];
+  if (o.devices === "all") {
+    devices = [];
+    for (const d of o.registry.list()) {
+      if (d.chip === app.chip) devices.push(d);
+      else excluded.push({ deviceId: d.deviceId, chip: d.chip });
+    }
+  } else {
+    devices = [...new Set(o.devices)].map((id) => o.registry.get(id));
+  }
+  if (devices.length === 0)
+    throw new EspOtaError(
+      "E_RELEASE_NO_DEVICES",
+      `no device in the registry takes an ${app.chip} app${excluded.length ? ` (${excluded.length} other-chip device(s) left out)` : ""}`,
+      { step: "selectDevices", chip: app.chip },
+    );
+
+  // sign: once, the plaintext, before any encryption (esp32-facts §5.4).
+  const signed = signReleaseApp(o.app, o.keyring.secureBoot);
+
+  // checkDevices
+  for (const d of devices) {
+    const c = checkDevice(app, signed.length, o.keyring.secureBoot, d);
+    if (!c.ok) fail("checkDevices", c);
+  }
+
+  mkdirSync(o.outDir, { recursive: true });
+  const jobs = devices.map((d) => ({ device: d, job: planDevice(d) }));
+  const manifests = new Map<string, ReleaseManifest>();
+  const skipped: string[] = [];
+  const todo: typeof jobs = [];
+  let done = 0;
+  for (const j of jobs) {
+    const existing = finishedManifest(o.outDir, releaseId, j.device, j.job, o.baseUrl);
+    if (existing) {
+      manifests.set(j.device.deviceId, existing);
+      skipped.push(j.device.deviceId);
+      o.onProgress?.({
+        deviceId: j.device.deviceId,
+        done: ++done,
+        total: jobs.length,
+        skipped: true,
+      });
+    } else todo.push(j);
+  }
+
+  // encrypt + signManifests: each device's manifest as soon as its ciphertexts are written.
+  let bytesWritten = 0;
+  const issuedAt = now();
+  const expiresAt = new Date(issuedAt.getTime() + o.expiresInMs);
+  const finish = (device: DeviceRecord, job: DeviceJob, slots: SlotResult[]) => {
+    bytesWritten += slots.reduce((n, s) => n + s.size, 0);
+    const m = publishManifest(o, releaseId, app, device, job, slots, issuedAt, expiresAt);
+    manifests.set(device.deviceId, m);
+    o.onProgress?.({ deviceId: device.deviceId, done: ++done, total: jobs.length, skipped: false });
+  };
+  const threads = Math.max(1, Math.min(o.jobs ?? availableParallelism(), todo.length));
+  if (todo.length > 0) {
+    if (threads === 1) {
+      for (const { device, job } of todo) {
+        let slots: SlotResult[];
+        try {
+          slots = runDeviceJob(signed, deviceCipherOptions(device), job, o.outDir);
+        } catch (e) {
+          throw writeError(device.deviceId, e instanceof Error ? e.message : String(e), e);
+        }
+        finish(device, job, slots);
+        // Let a progress bar repaint between devices.
+        await new Promise((r) => setImmediate(r));
+      }
+    } else {
+      await runInWorkers(signed, o.outDir, threads, todo, finish);
+    }
+  }
+
+  // writeIndex
+  const index = makeIndex(releaseId, app, [...manifests.values()]);
+  writeAtomically(join(o.outDir, "index.json"), `${JSON.stringify(index, null, 2)}\n`);
+  return {
+    releaseId,
+    built: todo.map((t) => t.device.deviceId),
+    skipped,
+    excluded,
+    bytesWritten,
+    index,
+  };
+}
+
+function publishManifest(
+  o: BuildOptions,
+  releaseId: string,
+  app: ReleaseApp,
+  device: DeviceRecord,
+  job: DeviceJob,
+  slots: SlotResult[],
+  issuedAt: Date,
+  expiresAt: Date,
+): ReleaseManifest {
+  // Re-read the record: it is the persisted counter that must only grow.
+  const { counter, record } = nextReleaseCounter(o.registry.get(device.deviceId), releaseId);
+  if (record !== device) o.registry.update(record);
+  const files = new Map(job.slots.map((s) => [s.slot, s.file]));
+  const manifest = makeManifest({
+    releaseId,
+    device,
+    app,
+    counter,
+    issuedAt,
+    expiresAt,
+    baseUrl: o.baseUrl,
+    slots: slots.map((s) => ({ ...s, file: files.get(s.slot)! })),
+  });
+  // Revoked keys no longer sign: a gateway would not count their signatures anyway.
+  const signers = o.keyring.manifestKeys.filter((k) => !o.keyring.revoked.includes(k.keyId));
+  const signedManifest = signManifest(manifest, signers);
+  writeAtomically(
+    join(o.outDir, device.deviceId, "manifest.json"),
+    `${JSON.stringify(signedManifest, null, 2)}\n`,
+  );
+  return signedManifest.signed;
+}
+
+/**
+ * The device's manifest from an earlier run of this release, when everything it names is still
+ * there: same release, same partition table, same slots and URLs, and every ciphertext file of
+ * the size and SHA-256 the manifest signs. Otherwise undefined, and the device is rebuilt.
+ */
+function finishedManifest(
+  outDir: string,
+  releaseId: string,
+  device: DeviceRecord,
+  job: DeviceJob,
+  baseUrl: string,
+): ReleaseManifest | undefined {
+  const path = join(outDir, device.deviceId, "manifest.json");
+  if (!existsSync(path)) return undefined;
+  let m: ReleaseManifest;
+  try {
+    m = (JSON.parse(readFileSync(path, "utf8")) as SignedManifest).signed;
+  } catch {
+    return undefined;
+  }
+  if (
+    m?.releaseId !== releaseId ||
+    m.deviceId !== device.deviceId ||
+    m.partitionTableSha256 !== device.partitionTableSha256 ||
+    !Array.isArray(m.variants) ||
+    m.variants.length !== job.slots.length
+  )
+    return undefined;
+  for (const [i, s] of job.slots.entries()) {
+    const v = m.variants[i]!;
+    if (v.slot !== s.slot || v.offset !== s.offset) return undefined;
+    if (v.urls?.[0] !== variantUrl(baseUrl, s.file)) return undefined;
+    const h = hashFile(join(outDir, s.file));
+    if (!h || h.size !== v.size || h.sha256 !== v.sha256) return undefined;
+  }
+  return m;
+}
+
+/** A device's ciphertexts could not be made or written (disk full, permissions, ...). */
+function writeError(deviceId: string, message: string, cause?: unknown): EspOtaError {
+  return new EspOtaError(
+    "E_RELEASE_WRITE",
+    `device ${deviceId}: ${message}`,
+    { step: "encrypt", deviceId },
+    cause,
+  );
+}
+
+function writeAtomically(path: string, text: string): void {
+  const tmp = `${path}.partial`;
+  writeFileSync(tmp, text, { mode: 0o644 });
+  renameSync(tmp, path);
+}
+
+/**
+ * How to start a worker: the compiled build-worker.js next to this file, or, when this file runs
+ * as TypeScript source (tsx, vitest), a bootstrap that registers tsx's loader in the worker first:
+ * a worker does not inherit the parent's loader, and Node 20 ignores `--import` in a worker's
+ * execArgv ("Unknown file extension .ts").
+ */
+function workerEntry(): { script: string | URL; eval: boolean } {
+  if (!import.meta.url.endsWith(".ts"))
+    return { script: new URL("./build-worker.js", import.meta.url), eval: false };
+  const src = JSON.stringify(new URL("./build-worker.ts", import.meta.url).href);
+  return {
+    script: `import("tsx/esm/api").then((t) => { t.register(); return import(${src}); });`,
+    eval: true,
+  };
+}
+
+async function runInWorkers(
+  signed: Uint8Array,
+  outDir: string,
+  threads: number,
+  todo: readonly { device: DeviceRecord; job: DeviceJob }[],
+  finish: (device: DeviceRecord, job: DeviceJob, slots: SlotResult[]) => void,
+): Promise<void> {
+  // The signed app in shared memory: each worker reads it, none copies it.
+  const shared = new SharedArrayBuffer(signed.length);
+  new Uint8Array(shared).set(signed);
+  const data: BuildWorkerData = {
+    kind: "esp-ota-release-build",
+    signed: shared,
+    length: signed.length,
+    outDir,
+  };
+  const entry = workerEntry();
+  const workers = Array.from(
+    { length: threads },
+    () => new Worker(entry.script, { workerData: data, eval: entry.eval }),
+  );
+  let next = 0;
+  try {
+    await new Promise<void>((resolve, reject) => {
+      let active = 0;
+      let failed = false;
+      const feed = (w: Worker) => {
+        if (failed) return;
+        if (next >= todo.length) {
+          if (active === 0) resolve();
+          return;
+        }
+        const seq = next++;
+        const t = todo[seq]!;
+        active++;
+        const req: WorkerRequest = { seq, job: t.job, cipher: deviceCipherOptions(t.device) };
+        w.postMessage(req);
+      };
+      for (const w of workers) {
+        w.on("message", (r: WorkerReply) => {
+          active--;
+          const t = todo[r.seq]!;
+          if (!r.ok) {
+            failed = true;
+            reject(writeError(t.device.deviceId, r.message));
+            return;
+          }
+          try {
+            finish(t.device, t.job, r.slots);
+          } catch (e) {
+            failed = true;
+            reject(e);
+            return;
+          }
+          feed(w);
+        });
+        w.on("error", (e) => {
+          failed = true;
+          reject(
+            new EspOtaError(
+              "E_RELEASE_WORKER",
+              `a build worker failed: ${e.message}`,
+              { step: "encrypt" },
+              e,
+            ),
+          );
+        });
+        feed(w);
+      }
+    });
+  } finally {
+    await Promise.all(workers.map((w) => w.terminate()));
+  }
+}
