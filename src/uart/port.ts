@@ -1,0 +1,16 @@
+/**
+ * A byte port: what both protocol sides need from a link (STYLE.md §9). Implemented by the
+ * virtual link (src/uart/virtual-link.ts, in-memory and with faults) and by serial ports
+ * through `serialport` (src/uart/serial-port.ts). One contract suite runs over all of them.
+ */
+export interface BytePort {
+  write(bytes: Uint8Array): void;
+  /** One listener; bytes in arrival order. */
+  onData(cb: (bytes: Uint8Array) => void): void;
+  /** The link went away (cable pulled, port closed). */
+  onClose(cb: () => void): void;
+  /** Change this end's baud rate (applies to bytes sent and received from now on). */
+  setBaud(baud: number): void;
+  readonly baud: number;
+  close(): void;
+}
