@@ -7,6 +7,8 @@
  * 4 KB sector at the next 4 KB boundary, checked against the eFuse key digests).
  * → ESP-IDF components/bootloader_support/src/esp_image_format.c, secure_boot_v2/*.c
  */
+
+import type { ErrorCode } from "../errors.js";
 import type { AppDescriptor } from "../esp/image.js";
 import { verifyImage } from "../esp/image.js";
 import { parseSigningKey } from "../esp/keys.js";
@@ -19,7 +21,7 @@ import type { SpiFlash } from "./spi-flash.js";
 export interface AppCheck {
   ok: boolean;
   /** Stable reason code when not ok (E_IMAGE_* or E_SIG_* from the library, or a sim one). */
-  code?: string;
+  code?: ErrorCode;
   /** ESP-IDF-style log lines explaining a failure, tagged as the real components tag them. */
   log: { level: "E" | "W" | "I"; tag: string; message: string }[];
   appDesc?: AppDescriptor;
@@ -45,7 +47,7 @@ const MAX_SEGMENTS = 16;
 export function verifyAppInFlash(ctx: VerifyContext, part: Partition): AppCheck {
   const enc = ctx.spi.encryptionEnabled && isEncryptedPartition(part);
   const read = (off: number, len: number) => ctx.spi.read(part.offset + off, len, enc);
-  const fail = (code: string, tag: string, message: string): AppCheck => ({
+  const fail = (code: ErrorCode, tag: string, message: string): AppCheck => ({
     ok: false,
     code,
     log: [{ level: "E", tag, message }],
@@ -112,65 +114,63 @@ export function verifyAppInFlash(ctx: VerifyContext, part: Partition): AppCheck 
 
   if (ctx.checkSignature) {
     const sb = ctx.efuses.secureBootVersion;
+    // esp_image_format.c logs the scheme's own line, then its summary, for either version.
+    const sigFail = (code: ErrorCode, tag: string, detail: string, summary: string): AppCheck => ({
+      ok: false,
+      code,
+      log: [
+        { level: "E", tag, message: detail },
+        { level: "E", tag: "esp_image", message: summary },
+      ],
+    });
     if (sb === 1) {
-      if (!ctx.sbv1PublicKey)
+      if (!ctx.sbv1PublicKey) {
         return fail(
           "E_SIM_PROVISION",
           "secure_boot_v1",
           "no signature verification key in the bootloader",
         );
-      if (end + SBV1_BLOCK_LENGTH > part.size)
+      }
+      if (end + SBV1_BLOCK_LENGTH > part.size) {
         return fail(
-          "E_SIG_MISSING",
+          "E_SIG_TOO_SHORT",
           "esp_image",
           "secure boot signature block is past the partition end",
         );
+      }
       const block = read(end, SBV1_BLOCK_LENGTH);
       const r = verifyBlockV1(bytes, block, parseSigningKey(ctx.sbv1PublicKey));
       if (!r.ok) {
-        return {
-          ok: false,
-          code: r.code,
-          log: [
-            {
-              level: "E",
-              tag: "secure_boot_v1",
-              message: `Signature verification failed: ${r.reason}`,
-            },
-            { level: "E", tag: "esp_image", message: "Secure boot signature verification failed" },
-          ],
-        };
+        return sigFail(
+          r.code,
+          "secure_boot_v1",
+          `Signature verification failed: ${r.reason}`,
+          "Secure boot signature verification failed",
+        );
       }
       length = end + SBV1_BLOCK_LENGTH;
     } else if (sb === 2) {
       const padded = Math.ceil(end / SIG_SECTOR_SIZE) * SIG_SECTOR_SIZE;
-      if (padded + SIG_SECTOR_SIZE > part.size)
+      if (padded + SIG_SECTOR_SIZE > part.size) {
         return fail(
-          "E_SIG_MISSING",
+          "E_SIG_NO_BLOCK",
           "esp_image",
           "secure boot signature sector is past the partition end",
         );
-      const data = read(0, padded);
-      const sector = read(padded, SIG_SECTOR_SIZE);
+      }
       const r = verifySectorV2WithDigests(
-        data,
-        sector,
+        read(0, padded),
+        read(padded, SIG_SECTOR_SIZE),
         ctx.efuses.sbv2Digests,
         ctx.efuses.sbv2Revoked,
       );
       if (!r.ok) {
-        return {
-          ok: false,
-          code: r.code,
-          log: [
-            {
-              level: "E",
-              tag: "secure_boot_v2",
-              message: `Secure Boot V2 verification failed: ${r.reason}`,
-            },
-            { level: "E", tag: "esp_image", message: "secure boot verification failed" },
-          ],
-        };
+        return sigFail(
+          r.code,
+          "secure_boot_v2",
+          `Secure Boot V2 verification failed: ${r.reason}`,
+          "secure boot verification failed",
+        );
       }
       length = padded + SIG_SECTOR_SIZE;
     }

@@ -131,16 +131,10 @@ export class NorFlash {
   read(address: number, length: number): Uint8Array {
     this.checkRange(address, length);
     const out = new Uint8Array(length);
-    let o = 0;
-    while (o < length) {
-      const a = address + o;
-      const index = Math.floor(a / SECTOR_SIZE);
-      const within = a % SECTOR_SIZE;
-      const n = Math.min(SECTOR_SIZE - within, length - o);
+    forEachSectorSpan(address, length, (index, within, n, o) => {
       const sector = this.sectors.get(index) ?? ERASED_SECTOR;
       out.set(sector.subarray(within, within + n), o);
-      o += n;
-    }
+    });
     return out;
   }
 
@@ -278,32 +272,21 @@ export class NorFlash {
   }
 
   private eraseBytes(address: number, length: number): void {
-    let o = 0;
-    while (o < length) {
-      const a = address + o;
-      const index = Math.floor(a / SECTOR_SIZE);
-      const within = a % SECTOR_SIZE;
-      const n = Math.min(SECTOR_SIZE - within, length - o);
+    forEachSectorSpan(address, length, (index, within, n) => {
       if (within === 0 && n === SECTOR_SIZE) {
         this.sectors.delete(index);
-      } else {
-        const s = this.sectors.get(index);
-        if (s) {
-          s.fill(0xff, within, within + n);
-          if (s.every((b) => b === 0xff)) this.sectors.delete(index);
-        }
+        return;
       }
-      o += n;
-    }
+      const s = this.sectors.get(index);
+      if (s) {
+        s.fill(0xff, within, within + n);
+        if (s.every((b) => b === 0xff)) this.sectors.delete(index);
+      }
+    });
   }
 
   private programBytes(address: number, data: Uint8Array): void {
-    let o = 0;
-    while (o < data.length) {
-      const a = address + o;
-      const index = Math.floor(a / SECTOR_SIZE);
-      const within = a % SECTOR_SIZE;
-      const n = Math.min(SECTOR_SIZE - within, data.length - o);
+    forEachSectorSpan(address, data.length, (index, within, n, o) => {
       let s = this.sectors.get(index);
       for (let k = 0; k < n; k++) {
         const v = data[o + k]!;
@@ -314,8 +297,7 @@ export class NorFlash {
         }
         s[within + k] = s[within + k]! & v;
       }
-      o += n;
-    }
+    });
   }
 
   private checkRange(address: number, length: number): void {
@@ -346,3 +328,19 @@ export class NorFlash {
 }
 
 const FLASH_MAGIC = "ESPSIMF1";
+
+/** Calls fn for each piece of [address, address+length) that lies in one 4 KB sector. */
+function forEachSectorSpan(
+  address: number,
+  length: number,
+  fn: (index: number, within: number, n: number, offset: number) => void,
+): void {
+  let o = 0;
+  while (o < length) {
+    const a = address + o;
+    const within = a % SECTOR_SIZE;
+    const n = Math.min(SECTOR_SIZE - within, length - o);
+    fn(Math.floor(a / SECTOR_SIZE), within, n, o);
+    o += n;
+  }
+}
