@@ -140,7 +140,7 @@ export async function buildRelease(o: BuildOptions): Promise<BuildSummary> {
   const jobs = devices.map((d) => ({ device: d, job: planDevice(d) }));
   const manifests = new Map<string, ReleaseManifest>();
   const skipped: string[] = [];
-  const todo: typeof jobs = [];
+  const pending: typeof jobs = [];
   let done = 0;
   for (const j of jobs) {
     const existing = finishedManifest(o.outDir, releaseId, j.device, j.job, o.baseUrl);
@@ -153,7 +153,7 @@ export async function buildRelease(o: BuildOptions): Promise<BuildSummary> {
         total: jobs.length,
         skipped: true,
       });
-    } else todo.push(j);
+    } else pending.push(j);
   }
 
   // encrypt + signManifests: each device's manifest as soon as its ciphertexts are written.
@@ -166,10 +166,10 @@ export async function buildRelease(o: BuildOptions): Promise<BuildSummary> {
     manifests.set(device.deviceId, m);
     o.onProgress?.({ deviceId: device.deviceId, done: ++done, total: jobs.length, skipped: false });
   };
-  const threads = Math.max(1, Math.min(o.jobs ?? availableParallelism(), todo.length));
-  if (todo.length > 0) {
+  const threads = Math.max(1, Math.min(o.jobs ?? availableParallelism(), pending.length));
+  if (pending.length > 0) {
     if (threads === 1) {
-      for (const { device, job } of todo) {
+      for (const { device, job } of pending) {
         let slots: SlotResult[];
         try {
           slots = runDeviceJob(signed, deviceCipherOptions(device), job, o.outDir);
@@ -181,7 +181,7 @@ export async function buildRelease(o: BuildOptions): Promise<BuildSummary> {
         await new Promise((r) => setImmediate(r));
       }
     } else {
-      await runInWorkers(signed, o.outDir, threads, todo, finish);
+      await runInWorkers(signed, o.outDir, threads, pending, finish);
     }
   }
 
@@ -190,7 +190,7 @@ export async function buildRelease(o: BuildOptions): Promise<BuildSummary> {
   writeAtomically(join(o.outDir, "index.json"), `${JSON.stringify(index, null, 2)}\n`);
   return {
     releaseId,
-    built: todo.map((t) => t.device.deviceId),
+    built: pending.map((t) => t.device.deviceId),
     skipped,
     excluded,
     bytesWritten,
@@ -306,7 +306,7 @@ async function runInWorkers(
   signed: Uint8Array,
   outDir: string,
   threads: number,
-  todo: readonly { device: DeviceRecord; job: DeviceJob }[],
+  pending: readonly { device: DeviceRecord; job: DeviceJob }[],
   finish: (device: DeviceRecord, job: DeviceJob, slots: SlotResult[]) => void,
 ): Promise<void> {
   // The signed app in shared memory: each worker reads it, none copies it.
@@ -330,12 +330,12 @@ async function runInWorkers(
       let failed = false;
       const feed = (w: Worker) => {
         if (failed) return;
-        if (next >= todo.length) {
+        if (next >= pending.length) {
           if (active === 0) resolve();
           return;
         }
         const seq = next++;
-        const t = todo[seq]!;
+        const t = pending[seq]!;
         active++;
         const req: WorkerRequest = { seq, job: t.job, cipher: deviceCipherOptions(t.device) };
         w.postMessage(req);
@@ -343,7 +343,7 @@ async function runInWorkers(
       for (const w of workers) {
         w.on("message", (r: WorkerReply) => {
           active--;
-          const t = todo[r.seq]!;
+          const t = pending[r.seq]!;
           if (!r.ok) {
             failed = true;
             reject(writeError(t.device.deviceId, r.message));
