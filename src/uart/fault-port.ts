@@ -2,7 +2,7 @@
  * The fault layer for real ports (`sim serve --fault`): the same faults as the virtual link
  * (virtual-link.ts), applied in real time to the bytes a simulated device sends and receives.
  */
-import type { BytePort } from "./port.js";
+import { type BytePort, WrappingPort } from "./port.js";
 import type { Timers } from "./scheduler.js";
 import { type LinkFaults, prng } from "./virtual-link.js";
 
@@ -34,25 +34,21 @@ export function parseFaults(spec: string): RealFaults {
   return out;
 }
 
-export class FaultPort implements BytePort {
+export class FaultPort extends WrappingPort {
   private readonly rand: () => number;
-  private dataCb: ((b: Uint8Array) => void) | undefined;
 
   constructor(
-    private readonly inner: BytePort,
+    inner: BytePort,
     private readonly timers: Timers,
     private readonly faults: RealFaults,
     seed = 1,
   ) {
+    super(inner);
     this.rand = prng(seed);
     inner.onData((b) => {
       const out = this.mangle(b);
       if (out) this.later(() => this.dataCb?.(out));
     });
-  }
-
-  get baud(): number {
-    return this.inner.baud;
   }
 
   private later(fn: () => void): void {
@@ -81,17 +77,5 @@ export class FaultPort implements BytePort {
   write(bytes: Uint8Array): void {
     const out = this.mangle(bytes);
     if (out) this.later(() => this.inner.write(out));
-  }
-  onData(cb: (b: Uint8Array) => void): void {
-    this.dataCb = cb;
-  }
-  onClose(cb: () => void): void {
-    this.inner.onClose(cb);
-  }
-  setBaud(baud: number): void {
-    this.inner.setBaud(baud);
-  }
-  close(): void {
-    this.inner.close();
   }
 }

@@ -4,26 +4,22 @@
  * device so a pty behaves like a UART, and what lets a real-time run be compared with the
  * virtual-time model (docs/uart-protocol.md §8).
  */
-import type { BytePort } from "./port.js";
+import { type BytePort, WrappingPort } from "./port.js";
 import type { Timers } from "./scheduler.js";
 
-export class PacedPort implements BytePort {
+export class PacedPort extends WrappingPort {
   private rxFreeAt = 0;
   private txFreeAt = 0;
-  private dataCb: ((b: Uint8Array) => void) | undefined;
 
   constructor(
-    private readonly inner: BytePort,
+    inner: BytePort,
     private readonly timers: Timers,
   ) {
+    super(inner);
     inner.onData((b) => {
       const at = this.slot("rx", b.length);
       this.later(at, () => this.dataCb?.(b));
     });
-  }
-
-  get baud(): number {
-    return this.inner.baud;
   }
 
   private slot(dir: "rx" | "tx", n: number): number {
@@ -47,21 +43,5 @@ export class PacedPort implements BytePort {
   write(bytes: Uint8Array): void {
     const copy = Uint8Array.from(bytes);
     this.later(this.slot("tx", bytes.length), () => this.inner.write(copy));
-  }
-
-  onData(cb: (b: Uint8Array) => void): void {
-    this.dataCb = cb;
-  }
-
-  onClose(cb: () => void): void {
-    this.inner.onClose(cb);
-  }
-
-  setBaud(baud: number): void {
-    this.inner.setBaud(baud);
-  }
-
-  close(): void {
-    this.inner.close();
   }
 }

@@ -14,3 +14,35 @@ export interface BytePort {
   readonly baud: number;
   close(): void;
 }
+
+/**
+ * A port that sits in front of another (pacing, faults): forwards close, baud and close events,
+ * and keeps the one data listener; subclasses decide how bytes pass each way.
+ */
+export abstract class WrappingPort implements BytePort {
+  protected dataCb: ((b: Uint8Array) => void) | undefined;
+
+  constructor(protected readonly inner: BytePort) {}
+
+  abstract write(bytes: Uint8Array): void;
+
+  get baud(): number {
+    return this.inner.baud;
+  }
+
+  onData(cb: (b: Uint8Array) => void): void {
+    this.dataCb = cb;
+  }
+
+  onClose(cb: () => void): void {
+    this.inner.onClose(cb);
+  }
+
+  setBaud(baud: number): void {
+    this.inner.setBaud(baud);
+  }
+
+  close(): void {
+    this.inner.close();
+  }
+}
