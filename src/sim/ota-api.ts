@@ -169,7 +169,9 @@ export class EspOtaApi {
         ? {
             antiRollback: {
               efuseSecureVersion: efuses.secureVersion,
-              runningSecureVersion: this.verifyImage(this.running).appDesc?.secureVersion,
+              // The bootloader verified the running app when it booted it; its descriptor is
+              // already known, so there is no need to decrypt and hash the slot again.
+              runningSecureVersion: this.runningApp()?.secureVersion,
               secureVersionBits: efuses.maxSecureVersion,
             },
           }
@@ -235,6 +237,11 @@ export class EspOtaApi {
     if (r.erasedCopy !== undefined)
       this.dev.spi.erase(otadataPart.offset + r.erasedCopy * OTADATA_SECTOR, OTADATA_SECTOR);
     return ESP_OK;
+  }
+
+  private runningApp() {
+    const s = this.dev.state;
+    return s.kind === "running" ? s.app : undefined;
   }
 
   private encrypted(part: Partition): boolean {
