@@ -40,6 +40,25 @@ export interface VerifyContext {
   kind?: "app" | "bootloader";
 }
 
+/**
+ * The app check every boot and update runs: signatures whenever secure boot is on in eFuse
+ * (SECURE_SIGNED_ON_BOOT/UPDATE), V1 against the key built into the bootloader.
+ */
+export function appVerifyContext(
+  spi: SpiFlash,
+  efuses: Efuses,
+  sbv1PublicKeyHex: string | undefined,
+): VerifyContext {
+  return {
+    spi,
+    efuses,
+    checkSignature: efuses.secureBootVersion !== 0,
+    ...(sbv1PublicKeyHex
+      ? { sbv1PublicKey: new Uint8Array(Buffer.from(sbv1PublicKeyHex, "hex")) }
+      : {}),
+  };
+}
+
 const SEGMENT_HEADER = 8;
 const IMAGE_HEADER = 24;
 const MAX_SEGMENTS = 16;

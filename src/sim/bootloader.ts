@@ -30,7 +30,7 @@ import {
   PARTITION_TABLE_MAX_LEN,
   type Partition,
 } from "../esp/partition-table.js";
-import { type AppCheck, verifyAppInFlash } from "./app-verify.js";
+import { type AppCheck, appVerifyContext, verifyAppInFlash } from "./app-verify.js";
 import type { Efuses } from "./efuse.js";
 import type { SpiFlash } from "./spi-flash.js";
 import type { UartLog } from "./uart-log.js";
@@ -118,14 +118,7 @@ export function runBoot(env: BootEnv): BootOutcome {
 
   const otadataPart = findPartition(partitions, PART_TYPE.data, DATA_SUBTYPE.ota);
   const partOf = indexToPartition(partitions);
-  const verifyCtx = {
-    spi,
-    efuses,
-    checkSignature: efuses.secureBootVersion !== 0,
-    ...(env.config.sbv1PublicKey
-      ? { sbv1PublicKey: new Uint8Array(Buffer.from(env.config.sbv1PublicKey, "hex")) }
-      : {}),
-  };
+  const verifyCtx = appVerifyContext(spi, efuses, env.config.sbv1PublicKey);
   const cfg = bootConfig(env, partOf);
 
   let plan: BootPlan;

@@ -16,7 +16,7 @@ import {
   PARTITION_TABLE_MAX_LEN,
   type Partition,
 } from "../esp/partition-table.js";
-import { verifyAppInFlash } from "./app-verify.js";
+import { appVerifyContext, verifyAppInFlash } from "./app-verify.js";
 import { bootConfig, indexToPartition } from "./bootloader.js";
 import type { SimDevice } from "./device.js";
 
@@ -106,17 +106,9 @@ export function inspectDevice(dev: SimDevice): DeviceReport {
       bootConfig({ config: dev.spec.bootloader, efuses: e, spi }, indexToPartition(parts)),
     );
   }
-  const sbv1 = dev.spec.bootloader.sbv1PublicKey;
+  const verifyCtx = appVerifyContext(spi, e, dev.spec.bootloader.sbv1PublicKey);
   for (const p of parts.filter((q) => q.type === PART_TYPE.app)) {
-    const check = verifyAppInFlash(
-      {
-        spi,
-        efuses: e,
-        checkSignature: e.secureBootVersion !== 0,
-        ...(sbv1 ? { sbv1PublicKey: new Uint8Array(Buffer.from(sbv1, "hex")) } : {}),
-      },
-      p,
-    );
+    const check = verifyAppInFlash(verifyCtx, p);
     const slot: SlotReport = { label: p.label, offset: p.offset, size: p.size, verified: check.ok };
     if (check.appDesc) slot.app = pickApp(check.appDesc);
     if (!check.ok) slot.problem = `${check.code}: ${check.log.map((l) => l.message).join("; ")}`;

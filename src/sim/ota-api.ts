@@ -29,7 +29,7 @@ import {
   PART_TYPE,
   type Partition,
 } from "../esp/partition-table.js";
-import { type AppCheck, verifyAppInFlash } from "./app-verify.js";
+import { type AppCheck, appVerifyContext, verifyAppInFlash } from "./app-verify.js";
 import { bootConfig, indexToPartition, writeOtadata } from "./bootloader.js";
 import type { SimDevice } from "./device.js";
 import { ESP_ERR } from "./esp-err.js";
@@ -99,14 +99,8 @@ export class EspOtaApi {
 
   /** esp_image_verify of a slot through the cache, with the signature when secure boot is on. */
   verifyImage(part: Partition): AppCheck {
-    const sbv1 = this.dev.spec.bootloader.sbv1PublicKey;
     const check = verifyAppInFlash(
-      {
-        spi: this.dev.spi,
-        efuses: this.dev.efuses,
-        checkSignature: this.dev.efuses.secureBootVersion !== 0,
-        ...(sbv1 ? { sbv1PublicKey: new Uint8Array(Buffer.from(sbv1, "hex")) } : {}),
-      },
+      appVerifyContext(this.dev.spi, this.dev.efuses, this.dev.spec.bootloader.sbv1PublicKey),
       part,
     );
     this.dev.lastImageCheck = check;
