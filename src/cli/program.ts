@@ -20,7 +20,13 @@ import { type CliContext, createContext, type OutputSink } from "./context.js";
 
 export const VERSION = "0.1.0";
 
-export function buildProgram(ctx: CliContext): Command {
+/**
+ * Commands contributed by the programs built on the library (agent/, broker/): src/ never
+ * imports them (STYLE.md §2); the `esp-ota` binary (agent/main.ts) passes them in.
+ */
+export type CommandPlugin = (program: Command, ctx: CliContext) => void;
+
+export function buildProgram(ctx: CliContext, plugins: readonly CommandPlugin[] = []): Command {
   const program = new Command("esp-ota")
     .description(
       "Secure OTA updates for serial-attached ESP32s: format tools, release pipeline, gateway agent.",
@@ -56,6 +62,7 @@ export function buildProgram(ctx: CliContext): Command {
   registerReleaseBuild(release, ctx);
   registerReleaseVerify(release, ctx);
   registerServe(program, ctx);
+  for (const plugin of plugins) plugin(program, ctx);
 
   // Every (sub)command throws instead of exiting, so runCli can map errors to exit codes.
   const applyOverrides = (cmd: Command) => {
@@ -76,9 +83,10 @@ export async function runCli(
   stdout: OutputSink = process.stdout,
   stderr: OutputSink = process.stderr,
   cwd: string = process.cwd(),
+  plugins: readonly CommandPlugin[] = [],
 ): Promise<number> {
   const ctx = createContext(stdout, stderr, cwd);
-  const program = buildProgram(ctx);
+  const program = buildProgram(ctx, plugins);
   try {
     await program.parseAsync([...argv], { from: "user" });
     return 0;

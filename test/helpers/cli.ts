@@ -1,4 +1,5 @@
 /** Runs the CLI in-process with captured output (exit code, stdout, stderr). */
+import { ESP_OTA_PLUGINS } from "../../agent/plugins.js";
 import { runCli } from "../../src/cli/program.js";
 
 export interface CliRun {
@@ -7,6 +8,7 @@ export interface CliRun {
   stderr: string;
 }
 
+/** The whole `esp-ota` binary's command set (library CLI plus agent/ and broker/ commands). */
 export async function runCapture(
   argv: readonly string[],
   cwd: string = process.cwd(),
@@ -18,6 +20,7 @@ export async function runCapture(
     { write: (s: string) => (stdout += s) },
     { write: (s: string) => (stderr += s) },
     cwd,
+    ESP_OTA_PLUGINS,
   );
   return { code, stdout, stderr };
 }

@@ -14,7 +14,7 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 describe("esp-ota serve (process)", () => {
   it("serves DIR until SIGTERM", async () => {
     writeFileSync(join(dir, "hello.bin"), "0123456789");
-    const main = new URL("../../src/cli/main.ts", import.meta.url).pathname;
+    const main = new URL("../../agent/main.ts", import.meta.url).pathname;
     const child = spawn(process.execPath, ["--import", "tsx", main, "serve", dir, "--port", "0"], {
       cwd: new URL("../..", import.meta.url).pathname,
       stdio: ["ignore", "pipe", "pipe"],

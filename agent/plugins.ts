@@ -1,0 +1,4 @@
+/** Every command the programs in agent/ and broker/ add to the library's CLI. */
+import type { CommandPlugin } from "../src/cli/program.js";
+
+export const ESP_OTA_PLUGINS: readonly CommandPlugin[] = [];
