@@ -30,7 +30,8 @@ import {
 } from "./messages.js";
 
 export interface HostJob {
-  mode: "info" | "flash";
+  /** info: handshake and report; flash: send an image; reboot: restart the device (REBOOT) and report its INFO after it boots. */
+  mode: "info" | "flash" | "reboot";
   /** The image (flash mode): where it goes, its size and SHA-256 of the ciphertext. */
   image?: { offset: number; size: number; sha256: Uint8Array };
   /** Refuse unless the offset is the slot after the running one (the CLI's rule). */
@@ -115,6 +116,8 @@ interface Ctx {
   info: Info | undefined;
   resumes: number;
   resumedFrom: number;
+  /** reboot mode: REBOOT done and the device announced itself; the next INFO ends the job. */
+  rebooted: boolean;
 }
 
 type Phase =
@@ -163,6 +166,7 @@ export function initialHostState(job: HostJob): HostState {
       info: undefined,
       resumes: 0,
       resumedFrom: 0,
+      rebooted: false,
     },
   };
 }
@@ -272,7 +276,11 @@ function afterInfo(s: HostState, info: Info): Step {
   }
   const st = withCtx(s, { info });
   const ev: Effect = { kind: "event", event: { kind: "info", info } };
-  if (job.mode === "info") {
+  if (job.mode === "reboot" && !s.ctx.rebooted) {
+    const r = simple(st, "reboot", 1);
+    return { state: r.state, effects: [ev, ...r.effects] };
+  }
+  if (job.mode === "info" || job.mode === "reboot") {
     const r = finish(st, { kind: "info", info });
     return { state: r.state, effects: [ev, ...r.effects] };
   }
@@ -665,6 +673,16 @@ function onAnnounce(s: HostState, a: Announce, now: number): Step {
     case "await-boot":
     case "await-confirm":
     case "reboot": {
+      if (s.ctx.job.mode === "reboot") {
+        // Booted (phase 0) or done with its self-test (phase 1): read the fresh INFO.
+        const st = withCtx(s, { rebooted: true, info: undefined });
+        return withEv(
+          go(st, { kind: "hello", attempt: 1, sentAt: now }, [
+            request(MSG.HELLO, encodeHello()),
+            respTimer(s),
+          ]),
+        );
+      }
       if (!img) return { state: s, effects: [ev] };
       if (a.runningOffset !== img.offset)
         return withEv(

