@@ -1,4 +1,5 @@
 /** Every command the programs in agent/ and broker/ add to the library's CLI. */
+import { registerBroker } from "../broker/command.js";
 import type { CommandPlugin } from "../src/cli/program.js";
 
-export const ESP_OTA_PLUGINS: readonly CommandPlugin[] = [];
+export const ESP_OTA_PLUGINS: readonly CommandPlugin[] = [registerBroker];
