@@ -118,8 +118,14 @@ export async function startBroker(o: BrokerOptions = {}): Promise<RunningBroker>
   // aedes de-duplicates packets by (brokerId, brokerCounter) for clustered brokers and drops a
   // packet that arrives after one with a higher counter — which retained and queued QoS 1
   // deliveries do (aedes issue #994): 4 in 10 ten-device rollouts lost a notice or a status.
-  // A lone broker has no peers to de-duplicate against; without an id nothing is dropped.
-  (aedes as unknown as { id: string }).id = "";
+  // A lone broker has no peers to de-duplicate against, so each client's table of counters
+  // forgets everything. (Clearing the broker id instead breaks the level persistence, which
+  // keys queued packets by it: PUBACKs then fail with "no such packet".)
+  const forgetful = () =>
+    new Proxy(Object.create(null) as Record<string, number>, { get: () => 0, set: () => true });
+  aedes.on("client", (c) => {
+    (c as unknown as { duplicates: Record<string, number> }).duplicates = forgetful();
+  });
   aedes.on("clientReady", (c) => {
     const user = usernames.get(c);
     log(`client ${safe(c.id)} connected from ${peer(c)}${user ? ` as ${safe(user)}` : ""}`);

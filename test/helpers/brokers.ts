@@ -35,7 +35,9 @@ export async function startAedesForTest(o: { dataDir?: string } = {}): Promise<T
     o.dataDir === undefined ? mkdtempSync(join(tmpdir(), "esp-ota-aedes-")) : undefined;
   const dataDir = o.dataDir ?? tempDir!;
   // Bind port 0 once and keep the port the kernel chose: no window for another process to take it.
-  let broker: RunningBroker | undefined = await startBroker({ port: 0, dataDir });
+  // ESP_OTA_TEST_BROKER_LOG=1 prints the broker's connection log (debugging integration tests).
+  const onLog = process.env.ESP_OTA_TEST_BROKER_LOG ? (l: string) => console.log(`aedes: ${l}`) : undefined;
+  let broker: RunningBroker | undefined = await startBroker({ port: 0, dataDir, ...(onLog ? { onLog } : {}) });
   const port = broker.port;
   let closed = false;
   return {
@@ -45,7 +47,7 @@ export async function startAedesForTest(o: { dataDir?: string } = {}): Promise<T
     async restart() {
       await broker?.close();
       broker = undefined;
-      broker = await startBroker({ port, dataDir });
+      broker = await startBroker({ port, dataDir, ...(onLog ? { onLog } : {}) });
     },
     async close() {
       if (closed) return;

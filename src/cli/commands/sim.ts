@@ -15,6 +15,7 @@ import { provisionDevice } from "../../sim/provision.js";
 import { makeSyntheticApp } from "../../sim/synthetic-app.js";
 import { choice, parseIntArg } from "../args.js";
 import type { CliContext } from "../context.js";
+import { registerSimFleet } from "./sim-fleet.js";
 import { registerSimServe } from "./sim-serve.js";
 
 const collect = (v: string, acc: string[]) => [...acc, v];
@@ -189,6 +190,7 @@ export function registerSim(parent: Command, ctx: CliContext): void {
 
   registerSimDemo(sim, ctx);
   registerSimServe(sim, ctx);
+  registerSimFleet(sim, ctx);
 
   sim
     .command("make-app")

@@ -1,0 +1,74 @@
+import type { ErrorCodeTable } from "./types.js";
+
+/** The gateway agent (agent/, src/gateway; docs/mqtt-api.md, docs/operations.md). */
+export const agentCodes = {
+  E_AGENT_SUPERSEDED: {
+    meaning:
+      "The update was cancelled before activation because a newer desired update replaced it. The device still runs its previous app.",
+    action: "Nothing to undo: the newer release is being installed instead.",
+  },
+  E_AGENT_CLEARED: {
+    meaning:
+      "The desired update was cleared (empty retained notice, or a rollout abort) before the device was switched. The device still runs its previous app.",
+    action: "Publish the notice again to install the release.",
+  },
+  E_AGENT_CANCELLED: {
+    meaning:
+      "An operator cancelled the update with the `cancel` command before activation. The device still runs its previous app.",
+    action: "Use the `retry` command (or publish the notice again) to install it.",
+  },
+  E_AGENT_NOTICE_INVALID: {
+    meaning:
+      "A desired-update notice could not be used: not JSON, not the schema, or for another device than its topic names.",
+    action:
+      "Fix the publisher; the notice format is in docs/mqtt-api.md and docs/schemas/mqtt-notice.schema.json.",
+  },
+  E_AGENT_NO_VARIANT: {
+    meaning:
+      "The manifest has no variant encrypted for the slot the device's otadata selects as next: installing any other would not boot.",
+    action:
+      "Rebuild the release with a variant per OTA slot (`release build` does this by default), or check the device's partition table matches the registry.",
+  },
+  E_AGENT_SLOT_MISMATCH: {
+    meaning:
+      "The variant for the next slot does not fit the device: its offset, label or size differs from the device's partition table.",
+    action:
+      "The registry's partition table differs from the device's: run `esp-ota device info` and correct the registry entry, then rebuild.",
+  },
+  E_AGENT_DOWNGRADE: {
+    meaning:
+      "The release is older than the app the device runs, and the policy refuses downgrades.",
+    action:
+      "Release a newer version, or set policy.allowDowngrade: true in the gateway config if the downgrade is intended.",
+  },
+  E_AGENT_SECURE_VERSION: {
+    meaning:
+      "The release's secure_version is below the device's eFuse secure_version: the bootloader's anti-rollback would refuse it.",
+    action:
+      "Build the app with a secure_version at least the device's (esp-ota device info shows it).",
+  },
+  E_AGENT_DEVICE_GONE: {
+    meaning:
+      "The device was unplugged or its port closed before the update could finish. The update resumes when it is plugged back in.",
+    action: "Reconnect the device; nothing else is needed.",
+  },
+  E_AGENT_UNKNOWN_DEVICE: {
+    meaning: "A command named a device that is not attached to this gateway.",
+    action: "Check the device id (`esp-ota status` lists devices and their gateways).",
+  },
+  E_AGENT_BUSY: {
+    meaning: "The command cannot run now: the device is in the middle of an update.",
+    action: "Wait for the update to end, or cancel it first.",
+  },
+  E_AGENT_STATE: {
+    meaning:
+      "The agent's state directory could not be read or written (permissions, disk full, a corrupt file).",
+    action:
+      "Check stateDir in the config: it must be writable by the agent. A corrupt ledger file is renamed *.corrupt and the device starts afresh.",
+  },
+  E_AGENT_NO_ROLLBACK_INFO: {
+    meaning:
+      "After activation the agent restarted and could not tell from the device whether the new app confirmed itself.",
+    action: "Run `esp-ota device info` on the device to see which app runs.",
+  },
+} satisfies ErrorCodeTable;

@@ -1,0 +1,177 @@
+/**
+ * The gateway's notice decisions and status rules as tables (STYLE.md §12;
+ * docs/mqtt-api.md "Notice semantics"), and the slot selection policy.
+ */
+import { describe, expect, it } from "vitest";
+import {
+  compareVersions,
+  type DeviceLedger,
+  decideNotice,
+  minCounterFor,
+  newLedger,
+  type StepName,
+  statusMayFollow,
+} from "../../src/gateway/ledger.js";
+import type { DeviceStatus, UpdateNotice } from "../../src/mqtt/messages.js";
+
+const ID = "240ac4fe0001";
+const notice = (
+  releaseId: string,
+  counter: number,
+  extra: Partial<UpdateNotice> = {},
+): UpdateNotice => ({
+  format: 1,
+  deviceId: ID,
+  releaseId,
+  counter,
+  manifestUrls: ["http://127.0.0.1/m.json"],
+  issuedAt: "2026-11-23T10:00:00.000Z",
+  ...extra,
+});
+const withJob = (
+  releaseId: string,
+  step: StepName,
+  l: Partial<DeviceLedger> = {},
+): DeviceLedger => ({
+  ...newLedger(ID),
+  ...l,
+  job: { notice: notice(releaseId, 5), step, startedAt: "2026-11-23T10:00:00.000Z" },
+});
+
+describe("decideNotice", () => {
+  const rows: {
+    name: string;
+    ledger: DeviceLedger;
+    input: UpdateNotice | null;
+    expect: string;
+    code?: string;
+  }[] = [
+    { name: "first notice starts", ledger: newLedger(ID), input: notice("r1", 1), expect: "start" },
+    { name: "clear with nothing in flight", ledger: newLedger(ID), input: null, expect: "ignore" },
+    {
+      name: "another device's notice",
+      ledger: newLedger(ID),
+      input: notice("r1", 1, { deviceId: "240ac4fe0002" }),
+      expect: "ignore",
+    },
+    {
+      name: "duplicate of the job in flight",
+      ledger: withJob("r1", "download"),
+      input: notice("r1", 5),
+      expect: "ignore",
+    },
+    {
+      name: "replay below the high-water mark",
+      ledger: { ...newLedger(ID), highWater: { counter: 7, releaseId: "r7" } },
+      input: notice("r3", 3),
+      expect: "ignore",
+    },
+    {
+      name: "a release that succeeded is not run again",
+      ledger: {
+        ...newLedger(ID),
+        lastFinal: { releaseId: "r1", state: "succeeded", at: "x" },
+        lastNotice: notice("r1", 1),
+      },
+      input: notice("r1", 1, { issuedAt: "2026-11-24T00:00:00.000Z" }),
+      expect: "ignore",
+    },
+    {
+      name: "a replayed notice of a failed release is ignored",
+      ledger: {
+        ...newLedger(ID),
+        lastFinal: { releaseId: "r1", state: "failed", at: "x" },
+        lastNotice: notice("r1", 1),
+      },
+      input: notice("r1", 1),
+      expect: "ignore",
+    },
+    {
+      name: "a re-issued notice of a cancelled release runs again",
+      ledger: {
+        ...newLedger(ID),
+        lastFinal: { releaseId: "r1", state: "cancelled", at: "x" },
+        lastNotice: notice("r1", 1, { rolloutId: "a" }),
+      },
+      input: notice("r1", 1, { rolloutId: "b" }),
+      expect: "start",
+    },
+    {
+      name: "replacement before activation cancels",
+      ledger: withJob("r1", "transfer"),
+      input: notice("r2", 6),
+      expect: "cancel",
+      code: "E_AGENT_SUPERSEDED",
+    },
+    {
+      name: "clear before activation cancels",
+      ledger: withJob("r1", "download"),
+      input: null,
+      expect: "cancel",
+      code: "E_AGENT_CLEARED",
+    },
+    {
+      name: "replacement after activation waits",
+      ledger: withJob("r1", "activate"),
+      input: notice("r2", 6),
+      expect: "defer",
+    },
+    {
+      name: "clear while awaiting confirmation waits",
+      ledger: withJob("r1", "awaitConfirm"),
+      input: null,
+      expect: "defer",
+    },
+  ];
+  for (const r of rows)
+    it(r.name, () => {
+      const d = decideNotice(r.ledger, r.input);
+      expect(d.action).toBe(r.expect);
+      if (r.code) expect(d.action === "cancel" && d.code).toBe(r.code);
+    });
+});
+
+describe("counters and statuses", () => {
+  it("accepts the same counter only for the release that set the high-water mark", () => {
+    const l = { ...newLedger(ID), highWater: { counter: 4, releaseId: "r4" } };
+    expect(minCounterFor(l, "r4")).toBe(4);
+    expect(minCounterFor(l, "r5")).toBe(5);
+    expect(minCounterFor(newLedger(ID), "r1")).toBe(0);
+  });
+
+  const st = (state: DeviceStatus["state"], releaseId = "r1"): DeviceStatus => ({
+    format: 1,
+    deviceId: ID,
+    gatewayId: "gw",
+    seq: 1,
+    state,
+    releaseId,
+    updatedAt: "x",
+  });
+  const rows: [DeviceStatus["state"], DeviceStatus["state"], boolean][] = [
+    ["downloading", "transferring", true],
+    ["transferring", "downloading", false],
+    ["transferring", "transferring", true],
+    ["succeeded", "transferring", false],
+    ["failed", "succeeded", false],
+    ["awaiting-confirm", "rolled-back", true],
+  ];
+  for (const [a, b, ok] of rows)
+    it(`${a} -> ${b}: ${ok ? "allowed" : "refused"}`, () => {
+      expect(statusMayFollow(st(a), st(b))).toBe(ok);
+    });
+  it("a new release starts afresh", () => {
+    expect(statusMayFollow(st("succeeded", "r1"), st("queued", "r2"))).toBe(true);
+  });
+});
+
+describe("compareVersions", () => {
+  const rows: [string, string, number | undefined][] = [
+    ["2.0.0", "1.9.9", 1],
+    ["v1.2.10", "1.2.9", 1],
+    ["1.0", "1.0.0", 0],
+    ["1.0.0-rc1", "1.0.1", -1],
+    ["main-abc", "1.0.0", undefined],
+  ];
+  for (const [a, b, r] of rows) it(`${a} vs ${b}`, () => expect(compareVersions(a, b)).toBe(r));
+});
