@@ -2,5 +2,10 @@
 import { registerBroker } from "../broker/command.js";
 import type { CommandPlugin } from "../src/cli/program.js";
 import { registerAgent } from "./command.js";
+import { registerDemo } from "./demo.js";
 
-export const ESP_OTA_PLUGINS: readonly CommandPlugin[] = [registerAgent, registerBroker];
+export const ESP_OTA_PLUGINS: readonly CommandPlugin[] = [
+  registerAgent,
+  registerBroker,
+  registerDemo,
+];

@@ -4,13 +4,21 @@
  * and docs/errors.md is generated from those tables (`npm run docs:errors`), so it cannot drift:
  * test/errors.test.ts fails when the file and the tables disagree.
  */
+import { agentCodes } from "./error-codes/agent.js";
+import { agentConfigCodes } from "./error-codes/agent-config.js";
+import { brokerCodes } from "./error-codes/broker.js";
+import { chaosCodes } from "./error-codes/chaos.js";
 import { commonCodes } from "./error-codes/common.js";
+import { downloadCodes } from "./error-codes/download.js";
 import { flashEncryptionCodes } from "./error-codes/flash-encryption.js";
+import { fleetCodes } from "./error-codes/fleet.js";
 import { imageCodes } from "./error-codes/image.js";
+import { mqttCodes } from "./error-codes/mqtt.js";
 import { otadataCodes } from "./error-codes/otadata.js";
 import { partitionCodes } from "./error-codes/partition.js";
 import { releaseCodes } from "./error-codes/release.js";
 import { releaseBuildCodes } from "./error-codes/release-build.js";
+import { rolloutCodes } from "./error-codes/rollout.js";
 import { secureBootCodes } from "./error-codes/secure-boot.js";
 import { simCodes } from "./error-codes/sim.js";
 import type { ErrorCodeInfo } from "./error-codes/types.js";
@@ -25,9 +33,17 @@ export const ERROR_AREAS = [
   { title: "Secure boot signatures", codes: secureBootCodes },
   { title: "Flash encryption", codes: flashEncryptionCodes },
   { title: "Device simulator", codes: simCodes },
+  { title: "Simulated fleets", codes: fleetCodes },
   { title: "UART OTA protocol", codes: uartCodes },
   { title: "Release manifests and keys", codes: releaseCodes },
   { title: "Release build, device registry, image server", codes: releaseBuildCodes },
+  { title: "Gateway agent", codes: agentCodes },
+  { title: "Gateway configuration and serial ports", codes: agentConfigCodes },
+  { title: "Downloads", codes: downloadCodes },
+  { title: "MQTT API", codes: mqttCodes },
+  { title: "Rollouts", codes: rolloutCodes },
+  { title: "Embedded MQTT broker", codes: brokerCodes },
+  { title: "Chaos proxy", codes: chaosCodes },
 ] as const;
 
 export const ERROR_CODES = Object.assign(

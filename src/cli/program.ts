@@ -4,6 +4,7 @@
  */
 import { Command, CommanderError } from "commander";
 import { EspOtaError, isEspOtaError } from "../errors.js";
+import { registerChaos } from "./commands/chaos.js";
 import { registerDevice } from "./commands/device.js";
 import { registerDevices } from "./commands/devices.js";
 import { registerImageInfo } from "./commands/image-info.js";
@@ -12,10 +13,12 @@ import { registerOtadata } from "./commands/otadata.js";
 import { registerPartitionTable } from "./commands/partition-table.js";
 import { registerReleaseBuild } from "./commands/release-build.js";
 import { registerReleaseVerify } from "./commands/release-verify.js";
+import { registerRollout } from "./commands/rollout.js";
 import { registerSecureFlash } from "./commands/secure-flash.js";
 import { registerSecureSign } from "./commands/secure-sign.js";
 import { registerServe } from "./commands/serve.js";
 import { registerSim } from "./commands/sim.js";
+import { registerStatus } from "./commands/status.js";
 import { type CliContext, createContext, type OutputSink } from "./context.js";
 
 export const VERSION = "0.1.0";
@@ -62,6 +65,9 @@ export function buildProgram(ctx: CliContext, plugins: readonly CommandPlugin[] 
   registerReleaseBuild(release, ctx);
   registerReleaseVerify(release, ctx);
   registerServe(program, ctx);
+  registerChaos(program, ctx);
+  registerRollout(program, ctx);
+  registerStatus(program, ctx);
   for (const plugin of plugins) plugin(program, ctx);
 
   // Every (sub)command throws instead of exiting, so runCli can map errors to exit codes.

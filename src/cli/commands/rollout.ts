@@ -50,7 +50,7 @@ interface BrokerCliOptions {
   username?: string;
   passwordFile?: string;
   ca?: string;
-  mqttVersion: "4" | "5";
+  mqttVersion?: "4" | "5";
 }
 
 const usage =
@@ -86,10 +86,8 @@ function brokerOptions(cmd: Command): Command {
     .addOption(
       new Option(
         "--mqtt-version <v>",
-        "5 = MQTT 5; 4 = MQTT 3.1.1, for brokers without MQTT 5 (the embedded aedes broker)",
-      )
-        .argParser(choice(["4", "5"] as const))
-        .default("5"),
+        "force 5 (MQTT 5) or 4 (MQTT 3.1.1); default: 5, falling back to 3.1.1 when the broker refuses 5 (the embedded aedes broker speaks 3.1.1)",
+      ).argParser(choice(["4", "5"] as const)),
     );
 }
 
@@ -107,7 +105,7 @@ async function connect(
     ...(o.username === undefined ? {} : { username: o.username }),
     ...(password === undefined ? {} : { password }),
     ...(o.ca === undefined ? {} : { ca: ctx.readFile(o.ca) }),
-    protocolVersion: o.mqttVersion === "4" ? 4 : 5,
+    ...(o.mqttVersion === undefined ? {} : { protocolVersion: o.mqttVersion === "4" ? 4 : 5 }),
   });
   return { client, topics: makeTopics(o.prefix) };
 }
