@@ -125,13 +125,19 @@ export class Esp32FlashCrypt {
   }
 
   /**
-   * Encrypts (`decrypt` false) or decrypts 16-aligned `data` found at flash `address`. The caller
-   * has checked alignment and the 16 MB limit.
+   * Encrypts (`decrypt` false) or decrypts 16-aligned `data` found at flash `address`, into the
+   * start of `into` when given (at least data.length bytes; `data` itself or not overlapping it:
+   * each block is read whole before it is written). The caller has checked alignment, the 16 MB
+   * limit and `into`.
    */
-  run(address: number, data: Uint8Array, decrypt: boolean): Uint8Array {
+  run(address: number, data: Uint8Array, decrypt: boolean, into?: Uint8Array): Uint8Array {
     const len = data.length;
-    const backing = Buffer.allocUnsafeSlow(len); // every byte is written below
-    const out = new Uint8Array(backing.buffer, backing.byteOffset, len);
+    let out: Uint8Array;
+    if (into) out = into.subarray(0, len);
+    else {
+      const backing = Buffer.allocUnsafeSlow(len); // every byte is written below
+      out = new Uint8Array(backing.buffer, backing.byteOffset, len);
+    }
     const src = new DataView(data.buffer, data.byteOffset, len);
     const dst = new DataView(out.buffer, out.byteOffset, len);
     const { lo, mid, hi } = this.tables;

@@ -16,7 +16,9 @@ import { signDataV2 } from "../esp/secure-boot-v2.js";
 import type { ReleaseManifest } from "./manifest.js";
 import { type DeviceRecord, deviceOtaSlots } from "./registry.js";
 
-export { slotCiphertext } from "./slot-crypt.js";
+import { flashLength } from "./slot-crypt.js";
+
+export { flashLength, slotCiphertext, slotCiphertextInto } from "./slot-crypt.js";
 
 /** Failures the operator can fix; the CLI turns them into EspOtaErrors with these codes. */
 export type BuildProblemCode =
@@ -78,11 +80,6 @@ export interface SecureBootKeys {
 function schemeOf(sb: SecureBootKeys): SecureBootScheme {
   if (sb.version === 1) return "v1";
   return sb.keys[0]?.scheme === "rsa3072" ? "v2-rsa" : "v2-ecdsa";
-}
-
-/** Bytes a signed image takes on flash: ciphertext is whole 16-byte blocks (§4.3). */
-export function flashLength(n: number): number {
-  return Math.ceil(n / 16) * 16;
 }
 
 /** Can this device take this app, signed with these keys? One check per rule, in order. */

@@ -17,17 +17,45 @@ import {
   type FlashCryptOptions,
 } from "../esp/flash-encryption.js";
 import type { DeviceJob, SlotResult } from "./build-plan.js";
-import { slotCiphertext } from "./slot-crypt.js";
+import { flashLength, slotCiphertextInto } from "./slot-crypt.js";
 
 /**
- * 64 KiB: large enough that per-call overhead is noise (a 1 MiB chunk was no faster in
- * test/bench/release.ts), and below V8's large-object threshold (128 KiB), so each chunk's
- * ciphertext is a young-generation allocation that a scavenge frees at once. 256 KiB chunks went
- * to large-object space, lived until a full GC, and pushed peak RSS towards 300 MB.
+ * Bytes encrypted per cipher call, and hashed while they are in cache: 128 KiB, the XTS kernel's
+ * window (flash-encryption-xts-kernel.ts XTS_CHUNK_BYTES). Slot offsets are 64 KiB-aligned, so
+ * each call is exactly one window.
  */
-export const WRITE_CHUNK = 1 << 16;
+export const WRITE_CHUNK = 1 << 17;
 
-/** Encrypts `signed` for flash `offset`, writes it to `path` and returns its size and SHA-256. */
+/**
+ * Ciphertext gathered before one write: 512 KiB. Writing a new 1.3 MB file on ext4 took
+ * 0.61–0.70 ms in 64 KiB writes and 0.43–0.53 ms in 256 KiB and larger ones on the bench machine
+ * (docs/benchmarks.md, "Release build"); beyond 512 KiB nothing changed.
+ */
+export const WRITE_BATCH_BYTES = 1 << 19;
+
+/**
+ * The one buffer every slot of this thread is encrypted into and written from (calls are
+ * synchronous, so it is never shared between two). A fresh buffer per chunk, as before, made
+ * 64 MB of garbage per worker before V8 collected it, and touching fresh memory costs about 12 µs
+ * a 4 KiB page on the bench VM: 100 ms per worker (docs/benchmarks.md, "Release build").
+ */
+let batchBuffer: Uint8Array | undefined;
+
+function batchOf(bytes: number): Uint8Array {
+  if (!batchBuffer || batchBuffer.length < bytes) batchBuffer = new Uint8Array(bytes);
+  return batchBuffer.subarray(0, bytes);
+}
+
+function writeAll(fd: number, buf: Uint8Array): void {
+  let done = 0;
+  while (done < buf.length) done += writeSync(fd, buf, done, buf.length - done);
+}
+
+/**
+ * Encrypts `signed` for flash `offset`, writes it to `path` and returns its size and SHA-256.
+ * `chunkSize` (a multiple of 16) bytes per cipher call, written in batches of about
+ * WRITE_BATCH_BYTES.
+ */
 export function writeSlotCiphertext(
   cipher: FlashCipher,
   offset: number,
@@ -35,17 +63,24 @@ export function writeSlotCiphertext(
   path: string,
   chunkSize = WRITE_CHUNK,
 ): { size: number; sha256: string } {
+  if (!Number.isInteger(chunkSize) || chunkSize < 16 || chunkSize % 16 !== 0)
+    throw new RangeError(`chunkSize must be a positive multiple of 16, got ${chunkSize}`);
+  const size = flashLength(signed.length);
+  const batch = batchOf(Math.max(chunkSize, WRITE_BATCH_BYTES - (WRITE_BATCH_BYTES % chunkSize)));
   mkdirSync(dirname(path), { recursive: true });
   const partial = `${path}.partial`;
   const hash = createHash("sha256");
   const fd = openSync(partial, "w", 0o644);
-  let size = 0;
   try {
-    for (const chunk of slotCiphertext(cipher, offset, signed, chunkSize)) {
-      hash.update(chunk);
-      let done = 0;
-      while (done < chunk.length) done += writeSync(fd, chunk, done, chunk.length - done);
-      size += chunk.length;
+    for (let at = 0; at < size; ) {
+      let fill = 0;
+      while (fill < batch.length && at < size) {
+        const n = Math.min(chunkSize, size - at, batch.length - fill);
+        hash.update(slotCiphertextInto(cipher, offset, signed, at, batch.subarray(fill, fill + n)));
+        fill += n;
+        at += n;
+      }
+      writeAll(fd, batch.subarray(0, fill));
     }
   } finally {
     closeSync(fd);

@@ -10,6 +10,7 @@
  */
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { rename, writeFile } from "node:fs/promises";
 import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { Worker } from "node:worker_threads";
@@ -160,15 +161,63 @@ export async function buildRelease(o: BuildOptions): Promise<BuildSummary> {
   let bytesWritten = 0;
   const issuedAt = now();
   const expiresAt = new Date(issuedAt.getTime() + o.expiresInMs);
+  // Every device's counter is persisted before any manifest is written, all at once: with
+  // workers, while they start (the main thread is otherwise idle then, and afterwards it is the
+  // build's bottleneck for XTS: docs/benchmarks.md, "Release build").
+  const counters = new Map<string, number>();
+  const reserveCounters = () => {
+    for (const { device } of pending)
+      counters.set(device.deviceId, reserveCounter(o.registry, device.deviceId, releaseId));
+  };
+  // Manifest files are written by libuv's thread pool, off the main thread, which signs the next
+  // manifest meanwhile: creating a file took about 1 ms of the main thread's 5.7 ms per device in
+  // the XTS release of test/bench/release.ts. The first failure stops the build.
+  const manifestWrites: Promise<void>[] = [];
+  let manifestWriteError: unknown;
   const finish = (device: DeviceRecord, job: DeviceJob, slots: SlotResult[]) => {
+    if (manifestWriteError !== undefined) throw manifestWriteError;
     bytesWritten += slots.reduce((n, s) => n + s.size, 0);
-    const m = publishManifest(o, releaseId, app, device, job, slots, issuedAt, expiresAt);
-    manifests.set(device.deviceId, m);
-    o.onProgress?.({ deviceId: device.deviceId, done: ++done, total: jobs.length, skipped: false });
+    const counter = counters.get(device.deviceId)!;
+    const m = signDeviceManifest(
+      o,
+      releaseId,
+      app,
+      device,
+      job,
+      slots,
+      counter,
+      issuedAt,
+      expiresAt,
+    );
+    manifests.set(device.deviceId, m.signed);
+    manifestWrites.push(
+      writeAtomicallyAsync(
+        join(o.outDir, device.deviceId, "manifest.json"),
+        `${JSON.stringify(m, null, 2)}\n`,
+      ).then(
+        () => {
+          o.onProgress?.({
+            deviceId: device.deviceId,
+            done: ++done,
+            total: jobs.length,
+            skipped: false,
+          });
+        },
+        (e: unknown) => {
+          manifestWriteError ??= writeError(
+            device.deviceId,
+            (e as Error).message,
+            e,
+            "signManifests",
+          );
+        },
+      ),
+    );
   };
   const threads = Math.max(1, Math.min(o.jobs ?? availableParallelism(), pending.length));
   if (pending.length > 0) {
     if (threads === 1) {
+      reserveCounters();
       for (const { device, job } of pending) {
         let slots: SlotResult[];
         try {
@@ -181,8 +230,10 @@ export async function buildRelease(o: BuildOptions): Promise<BuildSummary> {
         await new Promise((r) => setImmediate(r));
       }
     } else {
-      await runInWorkers(signed, o.outDir, threads, pending, finish);
+      await runInWorkers(signed, o.outDir, threads, pending, finish, reserveCounters);
     }
+    await Promise.all(manifestWrites);
+    if (manifestWriteError !== undefined) throw manifestWriteError;
   }
 
   // writeIndex
@@ -198,19 +249,26 @@ export async function buildRelease(o: BuildOptions): Promise<BuildSummary> {
   };
 }
 
-function publishManifest(
+/** The device's counter for this release, persisted in the registry before it is used. */
+function reserveCounter(registry: DeviceRegistry, deviceId: string, releaseId: string): number {
+  // Re-read the record: it is the persisted counter that must only grow.
+  const current = registry.get(deviceId);
+  const { counter, record } = nextReleaseCounter(current, releaseId);
+  if (record !== current) registry.update(record);
+  return counter;
+}
+
+function signDeviceManifest(
   o: BuildOptions,
   releaseId: string,
   app: ReleaseApp,
   device: DeviceRecord,
   job: DeviceJob,
   slots: SlotResult[],
+  counter: number,
   issuedAt: Date,
   expiresAt: Date,
-): ReleaseManifest {
-  // Re-read the record: it is the persisted counter that must only grow.
-  const { counter, record } = nextReleaseCounter(o.registry.get(device.deviceId), releaseId);
-  if (record !== device) o.registry.update(record);
+): SignedManifest {
   const files = new Map(job.slots.map((s) => [s.slot, s.file]));
   const manifest = makeManifest({
     releaseId,
@@ -224,12 +282,7 @@ function publishManifest(
   });
   // Revoked keys no longer sign: a gateway would not count their signatures anyway.
   const signers = o.keyring.manifestKeys.filter((k) => !o.keyring.revoked.includes(k.keyId));
-  const signedManifest = signManifest(manifest, signers);
-  writeAtomically(
-    join(o.outDir, device.deviceId, "manifest.json"),
-    `${JSON.stringify(signedManifest, null, 2)}\n`,
-  );
-  return signedManifest.signed;
+  return signManifest(manifest, signers);
 }
 
 /**
@@ -270,12 +323,17 @@ function finishedManifest(
   return m;
 }
 
-/** A device's ciphertexts could not be made or written (disk full, permissions, ...). */
-function writeError(deviceId: string, message: string, cause?: unknown): EspOtaError {
+/** A device's ciphertexts or manifest could not be written (disk full, permissions, ...). */
+function writeError(
+  deviceId: string,
+  message: string,
+  cause?: unknown,
+  step: BuildStep = "encrypt",
+): EspOtaError {
   return new EspOtaError(
     "E_RELEASE_WRITE",
     `device ${deviceId}: ${message}`,
-    { step: "encrypt", deviceId },
+    { step, deviceId },
     cause,
   );
 }
@@ -286,15 +344,30 @@ function writeAtomically(path: string, text: string): void {
   renameSync(tmp, path);
 }
 
+async function writeAtomicallyAsync(path: string, text: string): Promise<void> {
+  const tmp = `${path}.partial`;
+  await writeFile(tmp, text, { mode: 0o644 });
+  await rename(tmp, path);
+}
+
 /**
  * How to start a worker: the compiled build-worker.js next to this file, or, when this file runs
  * as TypeScript source (tsx, vitest), a bootstrap that registers tsx's loader in the worker first:
  * a worker does not inherit the parent's loader, and Node 20 ignores `--import` in a worker's
  * execArgv ("Unknown file extension .ts").
+ *
+ * The compiled worker starts without the parent's module-loader flags: it needs none, and a
+ * worker otherwise inherits them (e.g. tsx's `--require`/`--import` when a script under tsx calls
+ * buildRelease) and runs them at start-up: 215–240 ms to its first reply instead of 88–100 ms for
+ * two workers started together (test/bench/release.ts, docs/benchmarks.md "Release build").
  */
-function workerEntry(): { script: string | URL; eval: boolean } {
+function workerEntry(): { script: string | URL; eval: boolean; execArgv?: string[] } {
   if (!import.meta.url.endsWith(".ts"))
-    return { script: new URL("./build-worker.js", import.meta.url), eval: false };
+    return {
+      script: new URL("./build-worker.js", import.meta.url),
+      eval: false,
+      execArgv: withoutLoaderFlags(process.execArgv),
+    };
   const src = JSON.stringify(new URL("./build-worker.ts", import.meta.url).href);
   return {
     script: `import("tsx/esm/api").then((t) => { t.register(); return import(${src}); });`,
@@ -302,12 +375,40 @@ function workerEntry(): { script: string | URL; eval: boolean } {
   };
 }
 
+/** Node options that preload code or install loaders; each takes a value (`--x v` or `--x=v`). */
+const LOADER_FLAGS = new Set(["--import", "--require", "-r", "--loader", "--experimental-loader"]);
+
+/** `argv` without LOADER_FLAGS and their values; every other option is kept. */
+export function withoutLoaderFlags(argv: readonly string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    const eq = a.indexOf("=");
+    if (LOADER_FLAGS.has(eq < 0 ? a : a.slice(0, eq))) {
+      if (eq < 0) i++; // the value is the next argument
+      continue;
+    }
+    out.push(a);
+  }
+  return out;
+}
+
+/**
+ * Jobs queued at each worker: with two, a worker starts its next device while the main thread
+ * signs the manifest of the one it just finished (an ECDSA P-256 signature with @noble/curves,
+ * 1–2.5 ms). With one, each worker sat idle for that long after every device: 15% of its time in
+ * the XTS release of test/bench/release.ts.
+ */
+const JOBS_IN_FLIGHT = 2;
+
 async function runInWorkers(
   signed: Uint8Array,
   outDir: string,
   threads: number,
   pending: readonly { device: DeviceRecord; job: DeviceJob }[],
   finish: (device: DeviceRecord, job: DeviceJob, slots: SlotResult[]) => void,
+  /** Runs once the first jobs are queued, while the workers start. */
+  whileStarting: () => void,
 ): Promise<void> {
   // The signed app in shared memory: each worker reads it, none copies it.
   const shared = new SharedArrayBuffer(signed.length);
@@ -321,19 +422,24 @@ async function runInWorkers(
   const entry = workerEntry();
   const workers = Array.from(
     { length: threads },
-    () => new Worker(entry.script, { workerData: data, eval: entry.eval }),
+    () =>
+      new Worker(entry.script, {
+        workerData: data,
+        eval: entry.eval,
+        ...(entry.execArgv ? { execArgv: entry.execArgv } : {}),
+      }),
   );
   let next = 0;
   try {
     await new Promise<void>((resolve, reject) => {
       let active = 0;
       let failed = false;
-      const feed = (w: Worker) => {
-        if (failed) return;
-        if (next >= pending.length) {
-          if (active === 0) resolve();
-          return;
-        }
+      const fail = (e: unknown) => {
+        failed = true;
+        reject(e);
+      };
+      const dispatch = (w: Worker) => {
+        if (failed || next >= pending.length) return;
         const seq = next++;
         const t = pending[seq]!;
         active++;
@@ -342,25 +448,25 @@ async function runInWorkers(
       };
       for (const w of workers) {
         w.on("message", (r: WorkerReply) => {
+          if (failed) return;
           active--;
           const t = pending[r.seq]!;
           if (!r.ok) {
-            failed = true;
-            reject(writeError(t.device.deviceId, r.message));
+            fail(writeError(t.device.deviceId, r.message));
             return;
           }
+          // Refill the worker's queue before the manifest work, so it never waits for it.
+          dispatch(w);
           try {
             finish(t.device, t.job, r.slots);
           } catch (e) {
-            failed = true;
-            reject(e);
+            fail(e);
             return;
           }
-          feed(w);
+          if (active === 0 && next >= pending.length) resolve();
         });
         w.on("error", (e) => {
-          failed = true;
-          reject(
+          fail(
             new EspOtaError(
               "E_RELEASE_WORKER",
               `a build worker failed: ${e.message}`,
@@ -369,7 +475,12 @@ async function runInWorkers(
             ),
           );
         });
-        feed(w);
+        for (let i = 0; i < JOBS_IN_FLIGHT; i++) dispatch(w);
+      }
+      try {
+        whileStarting();
+      } catch (e) {
+        fail(e);
       }
     });
   } finally {
