@@ -2,8 +2,7 @@
  * The CLI is a thin shell (STYLE.md §2): parse arguments with commander, call the library, map
  * error codes to exit codes. Exit 0 on success, 1 on a coded failure, 2 on a usage error.
  */
-import { Command, CommanderError } from "commander";
-import { EspOtaError, isEspOtaError } from "../errors.js";
+import { Command } from "commander";
 import { registerChaos } from "./commands/chaos.js";
 import { registerDevice } from "./commands/device.js";
 import { registerDevices } from "./commands/devices.js";
@@ -19,7 +18,8 @@ import { registerSecureSign } from "./commands/secure-sign.js";
 import { registerServe } from "./commands/serve.js";
 import { registerSim } from "./commands/sim.js";
 import { registerStatus } from "./commands/status.js";
-import { type CliContext, createContext, type OutputSink } from "./context.js";
+import type { CliContext, OutputSink } from "./context.js";
+import { runProgram, withCliBehaviour } from "./run.js";
 
 export const VERSION = "0.1.0";
 
@@ -70,52 +70,16 @@ export function buildProgram(ctx: CliContext, plugins: readonly CommandPlugin[] 
   registerStatus(program, ctx);
   for (const plugin of plugins) plugin(program, ctx);
 
-  // Every (sub)command throws instead of exiting, so runCli can map errors to exit codes.
-  const applyOverrides = (cmd: Command) => {
-    cmd.exitOverride();
-    cmd.configureOutput({
-      writeOut: (s) => ctx.stdout.write(s),
-      writeErr: (s) => ctx.stderr.write(s),
-    });
-    cmd.commands.forEach(applyOverrides);
-  };
-  applyOverrides(program);
-  return program;
+  return withCliBehaviour(program, ctx);
 }
 
 /** Runs the CLI in-process and returns the exit code (tests call this directly). */
-export async function runCli(
+export function runCli(
   argv: readonly string[],
   stdout: OutputSink = process.stdout,
   stderr: OutputSink = process.stderr,
   cwd: string = process.cwd(),
   plugins: readonly CommandPlugin[] = [],
 ): Promise<number> {
-  const ctx = createContext(stdout, stderr, cwd);
-  const program = buildProgram(ctx, plugins);
-  try {
-    await program.parseAsync([...argv], { from: "user" });
-    return 0;
-  } catch (e) {
-    return reportError(e, ctx);
-  }
-}
-
-function reportError(e: unknown, ctx: CliContext): number {
-  if (e instanceof CommanderError) {
-    if (e.code === "commander.helpDisplayed" || e.code === "commander.version") return 0;
-    if (e.code === "commander.help" || e.code === "commander.executeSubCommandAsync") return 0;
-    // commander already printed its message; add the code so scripts can match on it.
-    ctx.note("error E_USAGE: invalid command line");
-    return 2;
-  }
-  if (isEspOtaError(e)) {
-    ctx.note(`error ${e.code}: ${e.message}`);
-    ctx.note(`  what to do: ${e.action}`);
-    return e.code === "E_USAGE" ? 2 : 1;
-  }
-  const bug = new EspOtaError("E_INTERNAL", e instanceof Error ? e.message : String(e));
-  ctx.note(`error ${bug.code}: ${bug.message}`);
-  if (e instanceof Error && e.stack) ctx.note(e.stack);
-  return 1;
+  return runProgram(argv, (ctx) => buildProgram(ctx, plugins), stdout, stderr, cwd);
 }

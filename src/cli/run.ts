@@ -1,0 +1,60 @@
+/**
+ * Running a commander program as our CLI: every (sub)command throws instead of exiting, and
+ * errors map to exit codes (0 success, 1 a coded failure, 2 a usage error). Kept apart from
+ * program.ts, which imports every command, so a program with one command (the gateway daemon,
+ * agent/main.ts) loads only what it needs.
+ */
+import { type Command, CommanderError } from "commander";
+import { EspOtaError, isEspOtaError } from "../errors.js";
+import { type CliContext, createContext, type OutputSink } from "./context.js";
+
+/** Makes `program` and its subcommands throw and write through ctx (call after registering). */
+export function withCliBehaviour(program: Command, ctx: CliContext): Command {
+  const applyOverrides = (cmd: Command) => {
+    cmd.exitOverride();
+    cmd.configureOutput({
+      writeOut: (s) => ctx.stdout.write(s),
+      writeErr: (s) => ctx.stderr.write(s),
+    });
+    cmd.commands.forEach(applyOverrides);
+  };
+  applyOverrides(program);
+  return program;
+}
+
+/** Builds the program for a context, runs argv, returns the exit code. */
+export async function runProgram(
+  argv: readonly string[],
+  build: (ctx: CliContext) => Command,
+  stdout: OutputSink = process.stdout,
+  stderr: OutputSink = process.stderr,
+  cwd: string = process.cwd(),
+): Promise<number> {
+  const ctx = createContext(stdout, stderr, cwd);
+  const program = build(ctx);
+  try {
+    await program.parseAsync([...argv], { from: "user" });
+    return 0;
+  } catch (e) {
+    return reportError(e, ctx);
+  }
+}
+
+function reportError(e: unknown, ctx: CliContext): number {
+  if (e instanceof CommanderError) {
+    if (e.code === "commander.helpDisplayed" || e.code === "commander.version") return 0;
+    if (e.code === "commander.help" || e.code === "commander.executeSubCommandAsync") return 0;
+    // commander already printed its message; add the code so scripts can match on it.
+    ctx.note("error E_USAGE: invalid command line");
+    return 2;
+  }
+  if (isEspOtaError(e)) {
+    ctx.note(`error ${e.code}: ${e.message}`);
+    ctx.note(`  what to do: ${e.action}`);
+    return e.code === "E_USAGE" ? 2 : 1;
+  }
+  const bug = new EspOtaError("E_INTERNAL", e instanceof Error ? e.message : String(e));
+  ctx.note(`error ${bug.code}: ${bug.message}`);
+  if (e instanceof Error && e.stack) ctx.note(e.stack);
+  return 1;
+}
