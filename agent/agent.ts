@@ -6,7 +6,7 @@
  * (docs/mqtt-api.md). All decisions are in src/gateway (pure); this file wires them to the
  * broker, the ports and the state directory.
  */
-import { mkdirSync, readFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import type { MqttClient } from "mqtt";
 import type { Logger } from "pino";
@@ -16,6 +16,7 @@ import {
   type DeviceLedger,
   decideNotice,
   type FinalState,
+  type Job,
   pastPointOfNoReturn,
   statusMayFollow,
 } from "../src/gateway/ledger.js";
@@ -56,6 +57,8 @@ interface Attached {
   running?: Promise<void>;
   abort?: AbortController;
   lastProgressAt: number;
+  /** Attached again after its link closed (see Agent.portRemoved). */
+  reattached: boolean;
   logBucket: { tokens: number; at: number; lines: string[]; dropped: number };
 }
 
@@ -108,6 +111,8 @@ export class Agent {
   private readonly byId = new Map<string, Attached>();
   private readonly byPath = new Map<string, Attached>();
   private readonly identifying = new Set<string>();
+  /** Ports whose link closed under us while the watcher may still list the old node. */
+  private readonly closedPorts = new Set<string>();
   private readonly updates: Semaphore;
   private readonly downloads: Semaphore;
   private readonly settings: UpdateSettings;
@@ -155,8 +160,17 @@ export class Agent {
     return [...this.byId.values()].map((a) => ({
       deviceId: a.deviceId,
       path: a.path,
-      busy: a.running !== undefined,
+      busy: this.busy(a),
     }));
+  }
+
+  /**
+   * An update is in flight: the ledger has a job. Not "a run is in progress": a run goes on for
+   * a moment after its final status (it reads the device again for the inventory), and a
+   * command sent as soon as the final status was seen found the device "busy" (E_AGENT_BUSY).
+   */
+  private busy(a: Attached): boolean {
+    return this.ledger(a.deviceId).job !== undefined;
   }
 
   async start(): Promise<void> {
@@ -193,14 +207,20 @@ export class Agent {
     client.on("error", (e) => this.log.warn({ err: e.message }, "broker error"));
     client.on("message", (topic, payload) => this.onMessage(topic, payload));
     await this.publishPresence("online");
-    this.stopCommands = serveCommands(client, this.t.commands(c.gatewayId), (r) =>
-      this.onCommand(r),
-    );
+    this.stopCommands = serveCommands(client, this.t.commands(c.gatewayId), async (r) => {
+      const res = await this.onCommand(r);
+      // Operators act on devices through these: each one is in the log with its answer.
+      this.log.info(
+        { deviceId: r.deviceId, command: r.command, ok: res.ok, code: res.error?.code },
+        `command ${r.command}${res.ok ? "" : ` refused: ${res.error?.message}`}`,
+      );
+      return res;
+    });
     this.logTimer = setInterval(() => this.flushLogs(), 1000);
     this.logTimer.unref();
     const handlers = {
       onAdded: (p: string) => void this.attach(p),
-      onRemoved: (p: string) => this.detach(p, "port removed"),
+      onRemoved: (p: string) => this.portRemoved(p),
       onError: (e: unknown) => this.log.warn({ err: String(e) }, "port scan failed"),
     };
     this.watcher = this.o.ports
@@ -258,7 +278,7 @@ export class Agent {
         chip: a.info.chip,
         ...(running ? { running } : {}),
         otadata: otadataOf(a.info),
-        busy: a.running !== undefined,
+        busy: this.busy(a),
         attachedAt: a.attachedAt,
       };
     });
@@ -324,6 +344,7 @@ export class Agent {
         info: info!,
         attachedAt: this.now().toISOString(),
         lastProgressAt: 0,
+        reattached: this.closedPorts.delete(path),
         logBucket: { tokens: c.log.deviceLinesPerSec, at: Date.now(), lines: [], dropped: 0 },
       };
       pending.a = a;
@@ -350,13 +371,31 @@ export class Agent {
         `cannot identify a device on ${path}: ${(e as Error).message}`,
       );
       // Try again later while the port is still there (a device still booting, a flaky cable).
-      const retry = setTimeout(() => {
-        if (this.watcher?.current.has(path)) void this.attach(path);
-      }, this.o.config.serial.rescanMs * 2);
-      retry.unref();
+      this.attachLater(path);
     } finally {
       this.identifying.delete(path);
     }
+  }
+
+  /** attach(path) again after two rescans, if the watcher still lists the port by then. */
+  private attachLater(path: string): void {
+    const retry = setTimeout(() => {
+      if (this.watcher?.current.has(path) && !this.byPath.has(path)) void this.attach(path);
+    }, this.o.config.serial.rescanMs * 2);
+    retry.unref();
+  }
+
+  /** The watcher no longer lists `path`, or lists another node under that name. */
+  private portRemoved(path: string): void {
+    const a = this.byPath.get(path);
+    // Replugged between two scans: our link already closed, was dropped, and attachLater opened
+    // the new node, which the watcher reports now as "removed and added" (another inode). The
+    // open link is the new device; keep it (the add that follows is then a no-op).
+    if (a?.reattached && !a.link.closed && existsSync(path)) {
+      a.reattached = false;
+      return;
+    }
+    this.detach(path, "port removed");
   }
 
   private detach(path: string, why: string): void {
@@ -369,6 +408,13 @@ export class Agent {
     if (!this.stopping) {
       void this.client?.unsubscribeAsync(this.t.desired(a.deviceId)).catch(() => undefined);
       void this.publishInventory();
+      // Unplugged and plugged back within one rescan, a tty can come back as the same node
+      // (a pty number is reused at once), and then the watcher sees no change and never reports
+      // the port again: look for it ourselves.
+      if (why === "port closed") {
+        this.closedPorts.add(path);
+        this.attachLater(path);
+      }
     }
   }
 
@@ -565,9 +611,11 @@ export class Agent {
     const ac = new AbortController();
     a.abort = ac;
     const log = this.log.child({ deviceId: a.deviceId });
+    let ran: Job | undefined;
     a.running = this.updates
       .run(async (): Promise<RunResult | undefined> => {
-        if (!this.ledger(a.deviceId).job || this.stopping) return undefined;
+        ran = this.ledger(a.deviceId).job;
+        if (!ran || this.stopping) return undefined;
         if (ac.signal.aborted) {
           // Cancelled while waiting for a slot: nothing was sent to the device.
           const r = ac.signal.reason as EspOtaError;
@@ -598,6 +646,7 @@ export class Agent {
           },
           downloadSlot: (f) => this.downloads.run(f),
           signal: ac.signal,
+          stopping: () => this.stopping,
         });
       })
       .catch((e) => log.error({ err: String(e) }, "update runner crashed"))
@@ -615,7 +664,13 @@ export class Agent {
         }
         void this.publishInventory();
         const l = this.ledger(a.deviceId);
-        if (r?.kind === "final" && l.pending && !l.job && cur) {
+        if (r?.kind !== "final" || !cur) return;
+        if (l.job && l.job !== ran) {
+          // A job recorded while this run was finishing (the retry command, a notice right
+          // after the final status) found the device busy and was not started: start it now.
+          // Before this, such a job sat in the ledger until the agent restarted.
+          this.kick(cur);
+        } else if (l.pending) {
           const next = l.pending;
           this.save(a.deviceId, (x) => {
             x.pending = undefined;
@@ -642,7 +697,8 @@ export class Agent {
     const l = this.ledger(a.deviceId);
     switch (r.command) {
       case "info": {
-        if (a.running) return { ...base, ok: true, result: { busy: true, status: l.lastStatus } };
+        if (this.busy(a))
+          return { ...base, ok: true, result: { busy: true, status: l.lastStatus } };
         try {
           a.info = await a.link.readInfo();
         } catch (e) {
@@ -680,7 +736,7 @@ export class Agent {
         return { ...base, ok: true, result: { retrying: notice.releaseId } };
       }
       case "reboot": {
-        if (a.running) return err("E_AGENT_BUSY", "an update is in flight");
+        if (this.busy(a)) return err("E_AGENT_BUSY", "an update is in flight");
         try {
           a.info = await a.link.reboot();
         } catch (e) {

@@ -27,6 +27,8 @@ export class DeviceLink {
   private queue: Promise<unknown> = Promise.resolve();
   private idleDecoder = new FrameDecoder();
   private _closed = false;
+  /** The running session's close listener (it sees the port close as its own input). */
+  private sessionClosed: (() => void) | undefined;
   /** The last INFO the device sent. */
   info: Info | undefined;
 
@@ -35,6 +37,11 @@ export class DeviceLink {
     private readonly port: BytePort,
     private readonly o: LinkOptions,
   ) {
+    // The link keeps the port's one close listener for its whole life and passes the event on
+    // to the session in progress. A session used to register its own, replacing the link's: a
+    // port that closed mid-transfer (unplugged) then failed the session but never told the
+    // link, the agent never detached the device, and the update waited for it forever.
+    this.port.onClose(() => this.markClosed());
     this.idle();
   }
 
@@ -57,13 +64,30 @@ export class DeviceLink {
     this.port.onData((b) => {
       for (const ev of this.idleDecoder.push(b)) if (ev.kind === "log") this.o.onLog?.(ev.line);
     });
-    this.port.onClose(() => this.markClosed());
   }
 
   private markClosed(): void {
     if (this._closed) return;
     this._closed = true;
+    this.sessionClosed?.();
     this.o.onClosed?.();
+  }
+
+  /** The port as one session sees it: its own data listener, and close events passed on. */
+  private sessionPort(): BytePort {
+    const port = this.port;
+    return {
+      write: (b) => port.write(b),
+      onData: (cb) => port.onData(cb),
+      onClose: (cb) => {
+        this.sessionClosed = cb;
+      },
+      setBaud: (b) => port.setBaud(b),
+      get baud() {
+        return port.baud;
+      },
+      close: () => port.close(),
+    };
   }
 
   /** Runs sessions one after another on the port. */
@@ -85,7 +109,7 @@ export class DeviceLink {
       // Each session starts at the console rate: the device is there after any reset.
       if (this.port.baud !== this.o.consoleBaud) this.port.setBaud(this.o.consoleBaud);
       const s = new HostSession({
-        port: this.port,
+        port: this.sessionPort(),
         timers: this.o.timers ?? realTimers,
         job: { consoleBaud: this.o.consoleBaud, ...job },
         ...(image ? { image } : {}),
@@ -101,6 +125,7 @@ export class DeviceLink {
         this.info = out.info;
         return out;
       } finally {
+        this.sessionClosed = undefined;
         if (!this._closed) this.idle();
       }
     });
@@ -152,7 +177,12 @@ export class DeviceLink {
   }
 
   close(): void {
-    this._closed = true;
+    // Closed by us (detach, agent stop): the session in progress ends now, as on an unplug,
+    // rather than waiting out its timeouts; the device keeps its progress record.
+    if (!this._closed) {
+      this._closed = true;
+      this.sessionClosed?.();
+    }
     this.port.close();
   }
 }

@@ -74,6 +74,8 @@ export interface UpdateHost {
   downloadSlot<T>(f: () => Promise<T>): Promise<T>;
   /** Aborted (with an EspOtaError as reason) to cancel before the point of no return. */
   signal: AbortSignal;
+  /** The agent is stopping (SIGTERM) and closed the ports itself: nothing to report. */
+  stopping?(): boolean;
 }
 
 /** How a run ended: a final status was published, or the job waits for the device to return. */
@@ -250,7 +252,7 @@ export async function runUpdate(h: UpdateHost): Promise<RunResult> {
             },
           ),
         )
-        .catch(fail);
+        .catch((e) => fail(downloadCause(e)));
     }
     checkCancel();
 
@@ -264,6 +266,12 @@ export async function runUpdate(h: UpdateHost): Promise<RunResult> {
   } catch (e) {
     const f = e instanceof StepFailure ? e : new StepFailure(step, errorOf(e));
     if (DEVICE_GONE.has(f.error.code) && !h.signal.aborted) {
+      if (h.stopping?.()) {
+        // Not the device's doing: a status saying it went away would mislead whoever watches
+        // an agent restart. The ledger keeps the job; the next start resumes it.
+        h.log.info({ step: f.step }, "agent stopping; the update resumes when it starts again");
+        return { kind: "suspended", code: f.error.code };
+      }
       h.log.warn(
         { step: f.step, code: f.error.code },
         "device gone; the update resumes when it returns",
@@ -288,6 +296,25 @@ export async function runUpdate(h: UpdateHost): Promise<RunResult> {
       error: { code: err.code, message: err.message, step: f.step },
     });
   }
+}
+
+/**
+ * The code a failed download reports. downloadImage says E_DOWNLOAD_FAILED when every mirror
+ * failed, with each mirror's last code in `context.codes`; when they all failed the same way
+ * (always so with one mirror) that code is the one the operator can act on (docs/errors.md:
+ * E_DOWNLOAD_TOO_LARGE "the server serves another file", E_DOWNLOAD_TRUNCATED ...), so the
+ * status carries it. The message still names every mirror.
+ */
+function downloadCause(e: unknown): unknown {
+  if (!isEspOtaError(e) || e.code !== "E_DOWNLOAD_FAILED") return e;
+  const codes = new Set(
+    String(e.context.codes ?? "")
+      .split(",")
+      .filter(Boolean),
+  );
+  if (codes.size !== 1) return e;
+  const [code] = codes as Set<EspOtaError["code"]>;
+  return new EspOtaError(code!, e.message, e.context, e);
 }
 
 function existsWithSize(path: string, size: number): boolean {
@@ -365,7 +392,7 @@ async function transfer(
       if (!again) return s.fail(err);
       h.log.warn(
         { step: "transfer", code: err.code, attempt, acked: lastProgress },
-        `transfer attempt ${attempt} failed (${err.code}); resuming`,
+        `transfer attempt ${attempt} failed (${err.code}: ${err.message}); resuming`,
       );
     } finally {
       h.signal.removeEventListener("abort", onAbort);

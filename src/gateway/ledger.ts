@@ -156,11 +156,15 @@ const order = (s: string) => {
 };
 
 /**
- * Whether status `next` may follow `prev` for the same release: within one release the state
- * never goes backwards and nothing follows a final state (docs/mqtt-api.md).
+ * Whether status `next` may follow `prev` for the same release: within one run of a release the
+ * state never goes backwards and nothing follows a final state (docs/mqtt-api.md).
  */
 export function statusMayFollow(prev: DeviceStatus | undefined, next: DeviceStatus): boolean {
   if (!prev || prev.releaseId !== next.releaseId || next.releaseId === undefined) return true;
+  // Another run of the same release (the retry command; a re-issued notice after failed or
+  // cancelled) starts afresh: each run has its own startedAt. Without this a retry published
+  // nothing after the first run's final status, and its own final status was never recorded.
+  if (prev.startedAt !== next.startedAt) return true;
   if ((FINAL_STATES as readonly string[]).includes(prev.state)) return false;
   if (next.state === "idle" || next.state === "offline") return true;
   return order(next.state) >= order(prev.state);

@@ -160,6 +160,14 @@ describe("counters and statuses", () => {
     it(`${a} -> ${b}: ${ok ? "allowed" : "refused"}`, () => {
       expect(statusMayFollow(st(a), st(b))).toBe(ok);
     });
+  it("a new run of the same release (retry: another startedAt) starts afresh", () => {
+    expect(
+      statusMayFollow(
+        { ...st("succeeded"), startedAt: "2026-11-23T10:00:00.000Z" },
+        { ...st("queued"), startedAt: "2026-11-23T11:00:00.000Z" },
+      ),
+    ).toBe(true);
+  });
   it("a new release starts afresh", () => {
     expect(statusMayFollow(st("succeeded", "r1"), st("queued", "r2"))).toBe(true);
   });
