@@ -188,15 +188,21 @@ const ms = (description: string, dflt?: number) =>
 const count = (description: string, dflt: number, minimum: number, maximum: number) =>
   Type.Integer({ minimum, maximum, description, default: dflt });
 const filePath = (description: string) => Type.String({ minLength: 1, description });
-const baud = (description: string, dflt: number) =>
+const baud = (description: string, dflt: number, rates: readonly number[] = STANDARD_BAUDS) =>
   Type.Union(
-    STANDARD_BAUDS.map((b) => Type.Literal(b)),
+    rates.map((b) => Type.Literal(b)),
     {
       description,
       default: dflt,
-      errorMessage: `expected a standard baud rate (${STANDARD_BAUDS.join(", ")})`,
+      errorMessage: `expected one of ${rates.join(", ")}`,
     },
   );
+/**
+ * The rates the UART OTA protocol's BAUD request may ask for (docs/uart-protocol.md §3.3; the
+ * device side's SUPPORTED_BAUDS in src/uart/device.ts): any other is refused with BAD_BAUD and
+ * the whole transfer silently stays at 115200.
+ */
+export const TRANSFER_BAUDS: readonly number[] = [115200, 230400, 460800, 921600, 1500000, 2000000];
 const USB_ID = "^(0[xX])?[0-9a-fA-F]{4}$";
 
 const PortSelectorSchema = Type.Object(
@@ -352,7 +358,11 @@ const ConfigFileSchema = Type.Object(
         ),
         consoleBaud: Type.Optional(baud("Console baud rate", CONFIG_DEFAULTS.serial.consoleBaud)),
         transferBaud: Type.Optional(
-          baud("Baud rate negotiated for the transfer", CONFIG_DEFAULTS.serial.transferBaud),
+          baud(
+            "Baud rate negotiated for the transfer",
+            CONFIG_DEFAULTS.serial.transferBaud,
+            TRANSFER_BAUDS,
+          ),
         ),
       },
       {

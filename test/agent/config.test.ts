@@ -281,7 +281,7 @@ describe("agent config: errors point at the key", () => {
       text: `${MINIMAL}  rescanMs: 50\n  consoleBaud: 115201\nmqtt:\n  keepaliveSec: "30"\n  protocolVersion: 3\ndownload:\n  totalTimeoutMs: 3000000000\n  retries: 1.5\npolicy:\n  allowDowngrade: yes\n`,
       expect: [
         "6:13 serial.rescanMs expected at least 100, got 50",
-        "7:16 serial.consoleBaud expected a standard baud rate",
+        "7:16 serial.consoleBaud expected one of 9600",
         '9:17 mqtt.keepaliveSec expected a whole number, got "30"',
         "10:20 mqtt.protocolVersion expected 5 (MQTT 5) or 4 (MQTT 3.1.1), got 3",
         "12:19 download.totalTimeoutMs expected at most 2147483647 (the longest timer Node.js can set)",
@@ -488,7 +488,8 @@ log:
     const text = `${MINIMAL}    - glob: /dev/ttyUSB*
     - path: /dev/ttyACM0
     - glob: /dev/ttyACM0
-  transferBaud: 57600
+  transferBaud: 115200
+  consoleBaud: 230400
 mqtt:
   tls:
     rejectUnauthorized: false
@@ -503,10 +504,10 @@ download:
       "6:7 serial.ports[1]",
       "8:13 serial.ports[3].glob",
       "9:17 serial.transferBaud",
-      "12:5 mqtt.tls",
-      "12:25 mqtt.tls.rejectUnauthorized",
-      "14:19 policy.allowDowngrade",
-      "16:18 download.idleTimeoutMs",
+      "13:5 mqtt.tls",
+      "13:25 mqtt.tls.rejectUnauthorized",
+      "15:19 policy.allowDowngrade",
+      "17:18 download.idleTimeoutMs",
     ]);
     expect(r.problems.every((p) => p.severity === "warning")).toBe(true);
   });
