@@ -36,8 +36,14 @@ export async function startAedesForTest(o: { dataDir?: string } = {}): Promise<T
   const dataDir = o.dataDir ?? tempDir!;
   // Bind port 0 once and keep the port the kernel chose: no window for another process to take it.
   // ESP_OTA_TEST_BROKER_LOG=1 prints the broker's connection log (debugging integration tests).
-  const onLog = process.env.ESP_OTA_TEST_BROKER_LOG ? (l: string) => console.log(`aedes: ${l}`) : undefined;
-  let broker: RunningBroker | undefined = await startBroker({ port: 0, dataDir, ...(onLog ? { onLog } : {}) });
+  const onLog = process.env.ESP_OTA_TEST_BROKER_LOG
+    ? (l: string) => console.log(`aedes: ${l}`)
+    : undefined;
+  let broker: RunningBroker | undefined = await startBroker({
+    port: 0,
+    dataDir,
+    ...(onLog ? { onLog } : {}),
+  });
   const port = broker.port;
   let closed = false;
   return {
