@@ -4,18 +4,11 @@
  * the MQTT side in src/rollout/runner.ts; this file reads the release directory, connects, draws
  * the live view and maps the outcome to an exit code (0 completed, 1 aborted).
  */
-import { hostname } from "node:os";
 import { join, resolve } from "node:path";
 import { type Command, InvalidArgumentError, Option } from "commander";
 import type { MqttClient } from "mqtt";
 import { EspOtaError } from "../../errors.js";
-import { connectMqtt } from "../../mqtt/client.js";
-import {
-  checkPrefix,
-  DEFAULT_PREFIX,
-  topics as makeTopics,
-  type Topics,
-} from "../../mqtt/topics.js";
+import { topics as makeTopics, type Topics } from "../../mqtt/topics.js";
 import { isBaseUrl } from "../../release/build-plan.js";
 import { createRollout, type RolloutEvent, summarize } from "../../rollout/machine.js";
 import { ownerLive, type RolloutState } from "../../rollout/messages.js";
@@ -41,17 +34,8 @@ import {
   watchState,
 } from "../../rollout/runner.js";
 import { eventLine, renderList, renderLive, renderSummary } from "../../rollout/view.js";
-import { choice } from "../args.js";
+import { addBrokerOptions, type BrokerCliOptions, connectFromCli } from "../broker-options.js";
 import type { CliContext } from "../context.js";
-
-interface BrokerCliOptions {
-  broker: string;
-  prefix: string;
-  username?: string;
-  passwordFile?: string;
-  ca?: string;
-  mqttVersion?: "4" | "5";
-}
 
 const usage =
   <T>(parse: (s: string) => T | string) =>
@@ -61,52 +45,11 @@ const usage =
     return v;
   };
 
-function brokerOptions(cmd: Command): Command {
-  return cmd
-    .option(
-      "--broker <url>",
-      "MQTT broker (mqtt://, mqtts://, ws://, wss://); default the embedded broker on this machine, as the gateway's default",
-      "mqtt://127.0.0.1:1883",
-    )
-    .option(
-      "--prefix <p>",
-      "topic prefix shared by the gateways and tools of one deployment",
-      (v: string) => {
-        try {
-          return checkPrefix(v);
-        } catch (e) {
-          throw new InvalidArgumentError((e as Error).message);
-        }
-      },
-      DEFAULT_PREFIX,
-    )
-    .option("--username <name>", "broker user name")
-    .option("--password-file <file>", "file holding the broker password (trailing newline removed)")
-    .option("--ca <file>", "PEM CA bundle the broker's certificate must chain to (mqtts, wss)")
-    .addOption(
-      new Option(
-        "--mqtt-version <v>",
-        "force 5 (MQTT 5) or 4 (MQTT 3.1.1); default: 5, falling back to 3.1.1 when the broker refuses 5 (the embedded aedes broker speaks 3.1.1)",
-      ).argParser(choice(["4", "5"] as const)),
-    );
-}
-
 async function connect(
   ctx: CliContext,
   o: BrokerCliOptions,
 ): Promise<{ client: MqttClient; topics: Topics }> {
-  const password =
-    o.passwordFile === undefined ? undefined : ctx.readText(o.passwordFile).replace(/\r?\n$/, "");
-  const client = await connectMqtt({
-    url: o.broker,
-    clientId: `esp-ota-rollout-${hostname()
-      .replace(/[^A-Za-z0-9]/g, "")
-      .slice(0, 20)}-${process.pid}-${Math.random().toString(36).slice(2, 8)}`,
-    ...(o.username === undefined ? {} : { username: o.username }),
-    ...(password === undefined ? {} : { password }),
-    ...(o.ca === undefined ? {} : { ca: ctx.readFile(o.ca) }),
-    ...(o.mqttVersion === undefined ? {} : { protocolVersion: o.mqttVersion === "4" ? 4 : 5 }),
-  });
+  const client = await connectFromCli(ctx, o, "rollout");
   return { client, topics: makeTopics(o.prefix) };
 }
 
@@ -309,7 +252,7 @@ export function registerRollout(parent: Command, ctx: CliContext): void {
       "Staged rollouts of a release over MQTT: waves of devices, abort on a failure rate, pause/resume/abort from any machine (docs/rollouts.md).",
     );
 
-  brokerOptions(
+  addBrokerOptions(
     rollout
       .command("start")
       .description(
@@ -419,7 +362,7 @@ export function registerRollout(parent: Command, ctx: CliContext): void {
     });
   });
 
-  brokerOptions(
+  addBrokerOptions(
     rollout
       .command("status")
       .description(
@@ -448,7 +391,7 @@ export function registerRollout(parent: Command, ctx: CliContext): void {
   });
 
   for (const action of ["pause", "abort"] as const) {
-    brokerOptions(
+    addBrokerOptions(
       rollout
         .command(action)
         .description(
@@ -485,7 +428,7 @@ export function registerRollout(parent: Command, ctx: CliContext): void {
     });
   }
 
-  brokerOptions(
+  addBrokerOptions(
     rollout
       .command("resume")
       .description(
@@ -532,7 +475,7 @@ export function registerRollout(parent: Command, ctx: CliContext): void {
     },
   );
 
-  brokerOptions(
+  addBrokerOptions(
     rollout
       .command("list")
       .description("List the rollouts whose state the broker retains.")

@@ -4,10 +4,9 @@
  * src/mqtt/fleet-view.ts; with --watch, every later change too. This file only connects, feeds
  * messages to the view and prints.
  */
-import { hostname } from "node:os";
-import { type Command, InvalidArgumentError, Option } from "commander";
+import { type Command, InvalidArgumentError } from "commander";
 import { EspOtaError } from "../../errors.js";
-import { connectMqtt, type MqttClient, readRetained } from "../../mqtt/client.js";
+import { type MqttClient, readRetained } from "../../mqtt/client.js";
 import {
   type ApplyResult,
   applyMessage,
@@ -18,17 +17,12 @@ import {
   fleetView,
   renderTable,
 } from "../../mqtt/fleet-view.js";
-import { checkPrefix, DEFAULT_PREFIX, isTopicId, type Topics, topics } from "../../mqtt/topics.js";
-import { choice, parseIntArg } from "../args.js";
+import { isTopicId, type Topics, topics } from "../../mqtt/topics.js";
+import { parseIntArg } from "../args.js";
+import { addBrokerOptions, type BrokerCliOptions, connectFromCli } from "../broker-options.js";
 import type { CliContext } from "../context.js";
 
-interface StatusOptions {
-  broker: string;
-  prefix: string;
-  username?: string;
-  passwordFile?: string;
-  ca?: string;
-  mqttVersion?: "4" | "5";
+interface StatusOptions extends BrokerCliOptions {
   device?: string;
   json?: boolean;
   watch?: boolean;
@@ -39,36 +33,10 @@ interface StatusOptions {
 const REDRAW_MS = 1000;
 
 export function registerStatus(parent: Command, ctx: CliContext): void {
-  parent
-    .command("status")
+  const cmd = parent.command("status");
+  addBrokerOptions(cmd)
     .description(
       "Show the fleet as the broker sees it: gateways (presence, attached devices) and devices (update state, release, progress, running app, error).",
-    )
-    .option(
-      "--broker <url>",
-      "MQTT broker (mqtt://, mqtts://, ws://, wss://); default the embedded broker on this machine, as the gateway's default",
-      "mqtt://127.0.0.1:1883",
-    )
-    .option(
-      "--prefix <p>",
-      "topic prefix shared by the gateways and tools of one deployment",
-      (v: string) => {
-        try {
-          return checkPrefix(v);
-        } catch (e) {
-          throw new InvalidArgumentError((e as Error).message);
-        }
-      },
-      DEFAULT_PREFIX,
-    )
-    .option("--username <name>", "broker user name")
-    .option("--password-file <file>", "file holding the broker password (trailing newline removed)")
-    .option("--ca <file>", "PEM CA bundle the broker's certificate must chain to (mqtts, wss)")
-    .addOption(
-      new Option(
-        "--mqtt-version <v>",
-        "5 or 4 (MQTT 3.1.1); default 5, falling back to 3.1.1 when the broker refuses 5 (the embedded broker does)",
-      ).argParser(choice(["4", "5"] as const)),
     )
     .option("--device <id>", "only this device and its gateway", (v: string) => {
       if (!isTopicId(v))
@@ -92,29 +60,13 @@ export function registerStatus(parent: Command, ctx: CliContext): void {
       if (o.duration !== undefined && !o.watch)
         throw new EspOtaError("E_USAGE", "--duration only applies with --watch");
       const t = topics(o.prefix);
-      const client = await connect(ctx, o);
+      const client = await connectFromCli(ctx, o, "status");
       try {
         await run(ctx, o, client, t);
       } finally {
         await client.endAsync().catch(() => undefined);
       }
     });
-}
-
-async function connect(ctx: CliContext, o: StatusOptions): Promise<MqttClient> {
-  const password =
-    o.passwordFile === undefined ? undefined : ctx.readText(o.passwordFile).replace(/\r?\n$/, "");
-  return connectMqtt({
-    url: o.broker,
-    // Unique per run: two `status` processes with one id would disconnect each other.
-    clientId: `esp-ota-status-${hostname()
-      .replace(/[^A-Za-z0-9]/g, "")
-      .slice(0, 20)}-${process.pid}-${Math.random().toString(36).slice(2, 8)}`,
-    ...(o.username === undefined ? {} : { username: o.username }),
-    ...(password === undefined ? {} : { password }),
-    ...(o.ca === undefined ? {} : { ca: ctx.readFile(o.ca) }),
-    ...(o.mqttVersion === undefined ? {} : { protocolVersion: o.mqttVersion === "4" ? 4 : 5 }),
-  });
 }
 
 /** What to subscribe to: everything, or with --device only what can mention that device. */

@@ -1,0 +1,70 @@
+/**
+ * The broker options every MQTT-speaking command shares (`status`, `rollout ...`) and the one
+ * way they connect: the same defaults as the gateway (the embedded broker on this machine, MQTT 5
+ * falling back to 3.1.1), the password from a file so it never sits in shell history.
+ */
+import { hostname } from "node:os";
+import { type Command, InvalidArgumentError, Option } from "commander";
+import { connectMqtt, type MqttClient } from "../mqtt/client.js";
+import { checkPrefix, DEFAULT_PREFIX } from "../mqtt/topics.js";
+import { choice } from "./args.js";
+import type { CliContext } from "./context.js";
+
+export interface BrokerCliOptions {
+  broker: string;
+  prefix: string;
+  username?: string;
+  passwordFile?: string;
+  ca?: string;
+  mqttVersion?: "4" | "5";
+}
+
+export function addBrokerOptions(cmd: Command): Command {
+  return cmd
+    .option(
+      "--broker <url>",
+      "MQTT broker (mqtt://, mqtts://, ws://, wss://); default the embedded broker on this machine, as the gateway's default",
+      "mqtt://127.0.0.1:1883",
+    )
+    .option(
+      "--prefix <p>",
+      "topic prefix shared by the gateways and tools of one deployment",
+      (v: string) => {
+        try {
+          return checkPrefix(v);
+        } catch (e) {
+          throw new InvalidArgumentError((e as Error).message);
+        }
+      },
+      DEFAULT_PREFIX,
+    )
+    .option("--username <name>", "broker user name")
+    .option("--password-file <file>", "file holding the broker password (trailing newline removed)")
+    .option("--ca <file>", "PEM CA bundle the broker's certificate must chain to (mqtts, wss)")
+    .addOption(
+      new Option(
+        "--mqtt-version <v>",
+        "force 5 (MQTT 5) or 4 (MQTT 3.1.1); default: 5, falling back to 3.1.1 when the broker refuses 5 (the embedded broker speaks 3.1.1)",
+      ).argParser(choice(["4", "5"] as const)),
+    );
+}
+
+/** Connects with a client id unique per run: two tools with one id would disconnect each other. */
+export function connectFromCli(
+  ctx: CliContext,
+  o: BrokerCliOptions,
+  tool: string,
+): Promise<MqttClient> {
+  const password =
+    o.passwordFile === undefined ? undefined : ctx.readText(o.passwordFile).replace(/\r?\n$/, "");
+  return connectMqtt({
+    url: o.broker,
+    clientId: `esp-ota-${tool}-${hostname()
+      .replace(/[^A-Za-z0-9]/g, "")
+      .slice(0, 20)}-${process.pid}-${Math.random().toString(36).slice(2, 8)}`,
+    ...(o.username === undefined ? {} : { username: o.username }),
+    ...(password === undefined ? {} : { password }),
+    ...(o.ca === undefined ? {} : { ca: ctx.readFile(o.ca) }),
+    ...(o.mqttVersion === undefined ? {} : { protocolVersion: o.mqttVersion === "4" ? 4 : 5 }),
+  });
+}
