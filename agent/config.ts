@@ -25,6 +25,7 @@ import {
   parseDocument,
   type Node as YamlNode,
 } from "yaml";
+import { DEFAULT_LIMITS, type DownloadLimits } from "../src/download/policy.js";
 import { EspOtaError } from "../src/errors.js";
 import { KEY_ID_PATTERN, parseTrustPolicy, type TrustPolicy } from "../src/release/keyring.js";
 
@@ -74,18 +75,8 @@ export interface AgentConfig {
   };
   stateDir: string;
   stagingDir: string;
-  download: {
-    connectTimeoutMs: number;
-    idleTimeoutMs: number;
-    totalTimeoutMs: number;
-    minRateBytesPerSec: number;
-    minRateWindowMs: number;
-    retries: number;
-    backoffBaseMs: number;
-    backoffMaxMs: number;
-    maxConcurrent: number;
-    ca?: string;
-  };
+  /** The downloader's limits (src/download/policy.ts), plus how many run at once and a pinned CA. */
+  download: DownloadLimits & { maxConcurrent: number; ca?: string };
   policy: {
     allowDowngrade: boolean;
     confirmTimeoutMs: number;
@@ -134,17 +125,8 @@ export const CONFIG_DEFAULTS = {
     transferBaud: 921600,
   },
   stateDir: "./state",
-  download: {
-    connectTimeoutMs: 10_000,
-    idleTimeoutMs: 30_000,
-    totalTimeoutMs: 600_000,
-    minRateBytesPerSec: 1024,
-    minRateWindowMs: 20_000,
-    retries: 6,
-    backoffBaseMs: 500,
-    backoffMaxMs: 30_000,
-    maxConcurrent: 4,
-  },
+  // The downloader's own defaults (their reasons are in src/download/policy.ts).
+  download: { ...DEFAULT_LIMITS, maxConcurrent: 4 },
   policy: {
     allowDowngrade: false,
     confirmTimeoutMs: 60_000,
