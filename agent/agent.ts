@@ -7,7 +7,6 @@
  * broker, the ports and the state directory.
  */
 import { existsSync, mkdirSync, readFileSync } from "node:fs";
-import { hostname } from "node:os";
 import type { MqttClient } from "mqtt";
 import type { Logger } from "pino";
 import { EspOtaError, isEspOtaError } from "../src/errors.js";
@@ -35,13 +34,12 @@ import {
 import { parseTopic, type Topics, topics } from "../src/mqtt/topics.js";
 import { readTrustPolicy } from "../src/release/keyring-fs.js";
 import type { Info } from "../src/uart/messages.js";
+import { VERSION } from "../src/version.js";
 import type { AgentConfig } from "./config.js";
 import { DeviceLink, type LinkOptions } from "./link.js";
 import { PortWatcher } from "./ports.js";
 import { LedgerStore } from "./store.js";
 import { deviceFields, type RunResult, runUpdate, type UpdateSettings } from "./update.js";
-
-export const AGENT_VERSION = "0.1.0";
 
 /** Retries of the identifying INFO on a newly seen port (a device may be booting). */
 const IDENTIFY_ATTEMPTS = 3;
@@ -253,7 +251,7 @@ export class Agent {
       format: 1,
       gatewayId: this.o.config.gatewayId,
       state,
-      version: AGENT_VERSION,
+      version: VERSION,
       at: this.now().toISOString(),
     });
   }
@@ -747,12 +745,4 @@ export class Agent {
       }
     }
   }
-}
-
-export function defaultGatewayId(): string {
-  return (
-    hostname()
-      .replace(/[^A-Za-z0-9._-]/g, "-")
-      .slice(0, 64) || "gateway"
-  );
 }

@@ -3,6 +3,7 @@
  * error codes to exit codes. Exit 0 on success, 1 on a coded failure, 2 on a usage error.
  */
 import { Command } from "commander";
+import { VERSION } from "../version.js";
 import { registerChaos } from "./commands/chaos.js";
 import { registerDevice } from "./commands/device.js";
 import { registerDevices } from "./commands/devices.js";
@@ -21,7 +22,7 @@ import { registerStatus } from "./commands/status.js";
 import type { CliContext, OutputSink } from "./context.js";
 import { runProgram, withCliBehaviour } from "./run.js";
 
-export const VERSION = "0.1.0";
+export { VERSION };
 
 /**
  * Commands contributed by the programs built on the library (agent/, broker/): src/ never
