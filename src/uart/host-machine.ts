@@ -122,7 +122,13 @@ interface Ctx {
 
 type Phase =
   | { kind: "idle" }
-  | { kind: "hello"; attempt: number; sentAt: number }
+  | {
+      kind: "hello";
+      attempt: number;
+      sentAt: number;
+      /** This attempt's second HELLO, at the job's target rate (§3.3, probeBaud). */
+      probe?: boolean;
+    }
   | { kind: "baud"; target: number; attempt: number }
   | { kind: "baud-confirm"; target: number; sentAt: number }
   | { kind: "baud-fallback" }
@@ -237,6 +243,19 @@ const respTimer = (s: HostState, ms = s.ctx.t.responseMs): Effect => ({
 
 function request(type: number, payload: Uint8Array = new Uint8Array(0)): Effect {
   return { kind: "send", type, payload };
+}
+
+/**
+ * The rate a silent device may be at besides the console rate: the job's target. A device keeps
+ * a new rate once any valid frame arrives within its window (§3.3), so when the INFO confirming it
+ * reaches the host after the host has given up on it (a slow link, a stalled event loop), or a
+ * previous session's host did, the device is at the target rate and the host at the console
+ * rate, and only a reset would bring them together. So every HELLO attempt that goes unanswered at
+ * the console rate is repeated at the target rate before the next one.
+ */
+function probeBaud(s: HostState): number | undefined {
+  const target = s.ctx.job.targetBaud;
+  return target !== undefined && target !== consoleBaud(s) ? target : undefined;
 }
 
 function hello(s: HostState, attempt: number, now: number): Step {
@@ -372,12 +391,25 @@ function onTimer(s: HostState, name: TimerName, now: number): Step {
     ]);
   if (name === "hold") return pump(s, now);
   switch (p.kind) {
-    case "hello":
+    case "hello": {
+      const probe = probeBaud(s);
+      if (probe !== undefined && !p.probe)
+        return go(withCtx(s, { baud: probe }), { ...p, sentAt: now, probe: true }, [
+          { kind: "baud", baud: probe },
+          request(MSG.HELLO, encodeHello()),
+          respTimer(s),
+        ]);
       if (p.attempt >= t.retries)
         return fail(s, "E_UART_NO_DEVICE", `no answer to HELLO after ${p.attempt} attempts`, {
-          baud: s.ctx.baud,
+          baud: probe === undefined ? s.ctx.baud : `${consoleBaud(s)} and ${probe}`,
         });
-      return hello(s, p.attempt + 1, now);
+      if (probe === undefined) return hello(s, p.attempt + 1, now);
+      const back = hello(withCtx(s, { baud: consoleBaud(s) }), p.attempt + 1, now);
+      return {
+        state: back.state,
+        effects: [{ kind: "baud", baud: consoleBaud(s) }, ...back.effects],
+      };
+    }
     case "baud":
       if (p.attempt >= t.retries) return baudFallback(s);
       return go(s, { ...p, attempt: p.attempt + 1 }, [
@@ -494,6 +526,17 @@ function onFrame(s: HostState, type: number, payload: Uint8Array, now: number): 
       if (p.kind === "baud-confirm") {
         st = withCtx(st, { info });
         const r = afterInfo({ ...st, phase: { kind: "hello", attempt: 1, sentAt } }, info);
+        return {
+          state: r.state,
+          effects: [
+            { kind: "event", event: { kind: "baud", baud: st.ctx.baud, confirmed: true } },
+            ...r.effects,
+          ],
+        };
+      }
+      if (p.kind === "hello" && p.probe) {
+        // Found at the target rate: it is the rate in use from now on, no BAUD needed.
+        const r = afterInfo(st, info);
         return {
           state: r.state,
           effects: [

@@ -76,6 +76,43 @@ const rows: Row[] = [
     effects: [`send ${MSG.HELLO}`],
   },
   {
+    name: "HELLO unanswered, no target rate: HELLO again",
+    from: at({ kind: "hello", attempt: 1, sentAt: 0 }),
+    input: { kind: "timer", now: 3000, name: "response" },
+    phase: "hello",
+    effects: [`send ${MSG.HELLO}`],
+  },
+  {
+    name: "HELLO unanswered with a target rate: ask at the target rate too (§3.3)",
+    from: {
+      ...initialHostState({ ...job, targetBaud: 921600 }),
+      phase: { kind: "hello", attempt: 1, sentAt: 0 },
+    },
+    input: { kind: "timer", now: 3000, name: "response" },
+    phase: "hello",
+    effects: ["baud", `send ${MSG.HELLO}`],
+  },
+  {
+    name: "unanswered at the target rate too: back to the console rate, next attempt",
+    from: {
+      ...initialHostState({ ...job, targetBaud: 921600 }),
+      phase: { kind: "hello", attempt: 1, sentAt: 0, probe: true },
+    },
+    input: { kind: "timer", now: 6000, name: "response" },
+    phase: "hello",
+    effects: ["baud", `send ${MSG.HELLO}`],
+  },
+  {
+    name: "last attempt unanswered at both rates: E_UART_NO_DEVICE",
+    from: {
+      ...initialHostState({ ...job, targetBaud: 921600 }),
+      phase: { kind: "hello", attempt: 5, sentAt: 0, probe: true },
+    },
+    input: { kind: "timer", now: 6000, name: "response" },
+    phase: "done",
+    effects: ["E_UART_NO_DEVICE"],
+  },
+  {
     name: "BEGIN OK from 0 starts sending",
     from: at({ kind: "begin", attempt: 1 }),
     input: result(MSG.BEGIN, STATUS.OK, 0),

@@ -143,6 +143,20 @@ describe("UART OTA over a simulated cable", () => {
     expect(slotBytes(r, img.length)).toEqual(img);
   });
 
+  it("finds the device at the new rate when the rate's confirmation came back too late (§3.3)", async () => {
+    // 450 ms each way: the device gets the HELLO at 2 Mbaud (and so keeps that rate for good)
+    // but its INFO reaches the host after the host's 800 ms wait, so the host falls back to
+    // 115200 alone. Its HELLOs there go unanswered until it asks at 2 Mbaud too.
+    const r = rig({ link: { baud: 115200, latencyMs: 450 } });
+    const img = nextImage("esp32", "2.0.0", 0x10000);
+    const res = await runFlash(r, img, { targetBaud: 2000000 });
+    expect(res.error).toBeUndefined();
+    expect(res.events).toContainEqual({ kind: "baud", baud: 115200, confirmed: false });
+    expect(res.events).toContainEqual({ kind: "baud", baud: 2000000, confirmed: true });
+    expect(res.outcome?.kind).toBe("confirmed");
+    expect(slotBytes(r, img.length)).toEqual(img);
+  });
+
   it("never overflows either receive configuration, at any of the bench's rates", async () => {
     for (const rx of [RX_CONFIGS.iram, RX_CONFIGS.noIram]) {
       for (const baud of [921600, 2000000]) {
