@@ -11,7 +11,7 @@
  * Pure: no I/O.
  */
 import { type Static, type TSchema, Type } from "@sinclair/typebox";
-import { Value } from "@sinclair/typebox/value";
+import { firstSchemaError } from "../schema.js";
 
 export const MESSAGE_FORMAT = 1;
 
@@ -482,7 +482,7 @@ function checkKind(kind: unknown, fn: string): asserts kind is MessageKind {
 }
 
 function schemaProblem(kind: MessageKind, value: unknown): string | undefined {
-  const first = Value.Errors(SCHEMAS[kind], value).First();
+  const first = firstSchemaError(SCHEMAS[kind], value);
   return first ? `${TITLES[kind]}${first.path.replaceAll("/", ".")}: ${first.message}` : undefined;
 }
 

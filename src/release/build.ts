@@ -9,8 +9,15 @@
  * rerun of the same release reuses it, so counters only grow and are never issued twice.
  */
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
-import { rename, writeFile } from "node:fs/promises";
+import {
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  rename,
+  renameSync,
+  writeFile,
+  writeFileSync,
+} from "node:fs";
 import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { Worker } from "node:worker_threads";
@@ -94,7 +101,6 @@ function fail(step: BuildStep, c: Extract<Check, { ok: false }>): never {
 }
 
 export async function buildRelease(o: BuildOptions): Promise<BuildSummary> {
-  const now = o.now ?? (() => new Date());
   if (!isBaseUrl(o.baseUrl))
     throw new EspOtaError(
       "E_RELEASE_BASE_URL",
@@ -128,6 +134,31 @@ export async function buildRelease(o: BuildOptions): Promise<BuildSummary> {
       { step: "selectDevices", chip: app.chip },
     );
 
+  // The encryption workers start now, before the app is signed and the devices are checked: a
+  // worker needs 45 ms to start on the bench machine, and 110–150 ms before it is encrypting when
+  // two start together (test/bench/release.ts), time the main thread spends on the steps below
+  // meanwhile (up to 60 ms with an RSA-3072 secure boot key).
+  const threads = Math.max(1, Math.min(o.jobs ?? availableParallelism(), devices.length));
+  const pool = threads > 1 ? startWorkers(threads, o.outDir) : undefined;
+  try {
+    return await buildWith(o, { app, releaseId, devices, excluded, pool });
+  } finally {
+    await pool?.close();
+  }
+}
+
+async function buildWith(
+  o: BuildOptions,
+  r: {
+    app: ReleaseApp;
+    releaseId: string;
+    devices: DeviceRecord[];
+    excluded: BuildSummary["excluded"];
+    pool: WorkerPool | undefined;
+  },
+): Promise<BuildSummary> {
+  const { app, releaseId, devices, excluded, pool } = r;
+  const now = o.now ?? (() => new Date());
   // sign: once, the plaintext, before any encryption (esp32-facts §5.4).
   const signed = signReleaseApp(o.app, o.keyring.secureBoot);
 
@@ -214,9 +245,8 @@ export async function buildRelease(o: BuildOptions): Promise<BuildSummary> {
       ),
     );
   };
-  const threads = Math.max(1, Math.min(o.jobs ?? availableParallelism(), pending.length));
   if (pending.length > 0) {
-    if (threads === 1) {
+    if (!pool) {
       reserveCounters();
       for (const { device, job } of pending) {
         let slots: SlotResult[];
@@ -230,7 +260,7 @@ export async function buildRelease(o: BuildOptions): Promise<BuildSummary> {
         await new Promise((r) => setImmediate(r));
       }
     } else {
-      await runInWorkers(signed, o.outDir, threads, pending, finish, reserveCounters);
+      await runInWorkers(pool, signed, pending, finish, reserveCounters);
     }
     await Promise.all(manifestWrites);
     if (manifestWriteError !== undefined) throw manifestWriteError;
@@ -344,10 +374,18 @@ function writeAtomically(path: string, text: string): void {
   renameSync(tmp, path);
 }
 
-async function writeAtomicallyAsync(path: string, text: string): Promise<void> {
+/**
+ * Written by libuv's thread pool through fs's callback API: fs/promises' FileHandle cost the main
+ * thread 0.8 ms per manifest in test/bench/release.ts, time taken from the encryption workers.
+ */
+function writeAtomicallyAsync(path: string, text: string): Promise<void> {
   const tmp = `${path}.partial`;
-  await writeFile(tmp, text, { mode: 0o644 });
-  await rename(tmp, path);
+  return new Promise((resolve, reject) =>
+    writeFile(tmp, text, { mode: 0o644 }, (e) => {
+      if (e) reject(e);
+      else rename(tmp, path, (e2) => (e2 ? reject(e2) : resolve()));
+    }),
+  );
 }
 
 /**
@@ -395,16 +433,75 @@ export function withoutLoaderFlags(argv: readonly string[]): string[] {
 
 /**
  * Jobs queued at each worker: with two, a worker starts its next device while the main thread
- * signs the manifest of the one it just finished (an ECDSA P-256 signature with @noble/curves,
- * 1–2.5 ms). With one, each worker sat idle for that long after every device: 15% of its time in
- * the XTS release of test/bench/release.ts.
+ * signs and writes the manifest of the one it just finished. With one, each worker sat idle for
+ * that long after every device: 15% of its time in the XTS release of test/bench/release.ts (when
+ * signing took 1–2.5 ms with @noble/curves).
  */
 const JOBS_IN_FLIGHT = 2;
 
+/** Build workers started ahead of their jobs; `close` ends them. */
+interface WorkerPool {
+  readonly workers: readonly Worker[];
+  /** The first failure of any worker so far (it crashed, or exited on its own). */
+  failure(): EspOtaError | undefined;
+  /** Calls `f` on the first failure, at once when there already is one. */
+  onFailure(f: (e: EspOtaError) => void): void;
+  close(): Promise<void>;
+}
+
+function startWorkers(threads: number, outDir: string): WorkerPool {
+  const data: BuildWorkerData = { kind: "esp-ota-release-build", outDir };
+  const entry = workerEntry();
+  let failure: EspOtaError | undefined;
+  let closing = false;
+  const listeners: ((e: EspOtaError) => void)[] = [];
+  const failed = (e: EspOtaError) => {
+    if (failure || closing) return;
+    failure = e;
+    for (const f of listeners) f(e);
+  };
+  const workers = Array.from({ length: threads }, () => {
+    const w = new Worker(entry.script, {
+      workerData: data,
+      eval: entry.eval,
+      ...(entry.execArgv ? { execArgv: entry.execArgv } : {}),
+    });
+    w.on("error", (e) =>
+      failed(
+        new EspOtaError(
+          "E_RELEASE_WORKER",
+          `a build worker failed: ${e.message}`,
+          { step: "encrypt" },
+          e,
+        ),
+      ),
+    );
+    w.on("exit", (code) =>
+      failed(
+        new EspOtaError("E_RELEASE_WORKER", `a build worker exited (code ${code})`, {
+          step: "encrypt",
+        }),
+      ),
+    );
+    return w;
+  });
+  return {
+    workers,
+    failure: () => failure,
+    onFailure(f) {
+      if (failure) f(failure);
+      else listeners.push(f);
+    },
+    async close() {
+      closing = true;
+      await Promise.all(workers.map((w) => w.terminate()));
+    },
+  };
+}
+
 async function runInWorkers(
+  pool: WorkerPool,
   signed: Uint8Array,
-  outDir: string,
-  threads: number,
   pending: readonly { device: DeviceRecord; job: DeviceJob }[],
   finish: (device: DeviceRecord, job: DeviceJob, slots: SlotResult[]) => void,
   /** Runs once the first jobs are queued, while the workers start. */
@@ -413,77 +510,55 @@ async function runInWorkers(
   // The signed app in shared memory: each worker reads it, none copies it.
   const shared = new SharedArrayBuffer(signed.length);
   new Uint8Array(shared).set(signed);
-  const data: BuildWorkerData = {
-    kind: "esp-ota-release-build",
-    signed: shared,
-    length: signed.length,
-    outDir,
-  };
-  const entry = workerEntry();
-  const workers = Array.from(
-    { length: threads },
-    () =>
-      new Worker(entry.script, {
-        workerData: data,
-        eval: entry.eval,
-        ...(entry.execArgv ? { execArgv: entry.execArgv } : {}),
-      }),
-  );
+  const app: WorkerRequest = { type: "app", signed: shared, length: signed.length };
   let next = 0;
-  try {
-    await new Promise<void>((resolve, reject) => {
-      let active = 0;
-      let failed = false;
-      const fail = (e: unknown) => {
-        failed = true;
-        reject(e);
+  await new Promise<void>((resolve, reject) => {
+    let active = 0;
+    let failed = false;
+    const fail = (e: unknown) => {
+      failed = true;
+      reject(e);
+    };
+    const dispatch = (w: Worker) => {
+      if (failed || next >= pending.length) return;
+      const seq = next++;
+      const t = pending[seq]!;
+      active++;
+      const req: WorkerRequest = {
+        type: "job",
+        seq,
+        job: t.job,
+        cipher: deviceCipherOptions(t.device),
       };
-      const dispatch = (w: Worker) => {
-        if (failed || next >= pending.length) return;
-        const seq = next++;
-        const t = pending[seq]!;
-        active++;
-        const req: WorkerRequest = { seq, job: t.job, cipher: deviceCipherOptions(t.device) };
-        w.postMessage(req);
-      };
-      for (const w of workers) {
-        w.on("message", (r: WorkerReply) => {
-          if (failed) return;
-          active--;
-          const t = pending[r.seq]!;
-          if (!r.ok) {
-            fail(writeError(t.device.deviceId, r.message));
-            return;
-          }
-          // Refill the worker's queue before the manifest work, so it never waits for it.
-          dispatch(w);
-          try {
-            finish(t.device, t.job, r.slots);
-          } catch (e) {
-            fail(e);
-            return;
-          }
-          if (active === 0 && next >= pending.length) resolve();
-        });
-        w.on("error", (e) => {
-          fail(
-            new EspOtaError(
-              "E_RELEASE_WORKER",
-              `a build worker failed: ${e.message}`,
-              { step: "encrypt" },
-              e,
-            ),
-          );
-        });
-        for (let i = 0; i < JOBS_IN_FLIGHT; i++) dispatch(w);
-      }
-      try {
-        whileStarting();
-      } catch (e) {
-        fail(e);
-      }
-    });
-  } finally {
-    await Promise.all(workers.map((w) => w.terminate()));
-  }
+      w.postMessage(req);
+    };
+    for (const w of pool.workers) {
+      w.on("message", (r: WorkerReply) => {
+        if (failed) return;
+        active--;
+        const t = pending[r.seq]!;
+        if (!r.ok) {
+          fail(writeError(t.device.deviceId, r.message));
+          return;
+        }
+        // Refill the worker's queue before the manifest work, so it never waits for it.
+        dispatch(w);
+        try {
+          finish(t.device, t.job, r.slots);
+        } catch (e) {
+          fail(e);
+          return;
+        }
+        if (active === 0 && next >= pending.length) resolve();
+      });
+      w.postMessage(app);
+      for (let i = 0; i < JOBS_IN_FLIGHT; i++) dispatch(w);
+    }
+    pool.onFailure(fail);
+    try {
+      whileStarting();
+    } catch (e) {
+      fail(e);
+    }
+  });
 }

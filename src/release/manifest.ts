@@ -6,10 +6,10 @@
  * types below (`npm run docs:schemas`), so the schema and the verifier cannot disagree.
  */
 import { type Static, type TSchema, Type } from "@sinclair/typebox";
-import { Value } from "@sinclair/typebox/value";
 import canonicalizeModule from "canonicalize";
 import { type ErrorCode, EspOtaError } from "../errors.js";
 import { CHIPS } from "../esp/chips.js";
+import { firstSchemaError } from "../schema.js";
 import {
   checkTrustPolicy,
   KEY_ID_PATTERN,
@@ -255,7 +255,7 @@ export function signManifest(
 }
 
 function describeError(schema: TSchema, value: unknown, root: string): string | undefined {
-  const first = Value.Errors(schema, value).First();
+  const first = firstSchemaError(schema, value);
   if (!first) return undefined;
   const path = first.path === "" ? root : `${root}${first.path.replaceAll("/", ".")}`;
   return `${path}: ${first.message}`;

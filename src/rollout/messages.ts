@@ -10,9 +10,9 @@
  * TypeBox schemas, JSON on the wire, `format: 1`, as in src/mqtt/messages.ts. Pure: no I/O.
  */
 import { type Static, Type } from "@sinclair/typebox";
-import { Value } from "@sinclair/typebox/value";
 import type { DeviceState, Parsed } from "../mqtt/messages.js";
 import { UPDATE_STATES } from "../mqtt/messages.js";
+import { firstSchemaError } from "../schema.js";
 
 export const ROLLOUT_FORMAT = 1;
 
@@ -274,7 +274,7 @@ function schemaProblem(
   schema: typeof RolloutStateSchema | typeof RolloutControlSchema,
   v: unknown,
 ) {
-  const first = Value.Errors(schema, v).First();
+  const first = firstSchemaError(schema, v);
   return first ? `${first.path || "/"}: ${first.message}` : undefined;
 }
 

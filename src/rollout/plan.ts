@@ -4,10 +4,10 @@
  * reads the files; everything that decides is here. docs/rollouts.md.
  */
 import { Type } from "@sinclair/typebox";
-import { Value } from "@sinclair/typebox/value";
 import type { ErrorCode } from "../errors.js";
 import type { UpdateNotice } from "../mqtt/messages.js";
 import { isBaseUrl, variantUrl } from "../release/build-plan.js";
+import { firstSchemaError } from "../schema.js";
 import type { RolloutState } from "./messages.js";
 
 export type PlanCheck<T> = ({ ok: true } & T) | { ok: false; code: ErrorCode; reason: string };
@@ -113,7 +113,7 @@ export interface RolloutIndex {
 }
 
 export function checkIndex(value: unknown): PlanCheck<{ index: RolloutIndex }> {
-  const first = Value.Errors(IndexSchema, value).First();
+  const first = firstSchemaError(IndexSchema, value);
   if (first)
     return {
       ok: false,

@@ -214,9 +214,22 @@ describe("docs/manifest.md examples", () => {
     expect(r.ok && r.keyIds).toEqual([keys[0]!.keyId, keys[1]!.keyId]);
   });
 
-  it("signing is deterministic (RFC 6979, Ed25519): the example's signatures are reproduced exactly", () => {
+  it("re-signing the example's body: the Ed25519 signature is reproduced exactly, the ECDSA one (random nonce) verifies", () => {
     const example = JSON.parse(block("manifest")) as SignedManifest;
-    expect(signManifest(example.signed, [keys[0]!, keys[1]!])).toEqual(example);
+    const again = signManifest(example.signed, [keys[0]!, keys[1]!]);
+    expect(again.signed).toEqual(example.signed);
+    expect(again.signatures.map((s) => [s.keyId, s.alg])).toEqual(
+      example.signatures.map((s) => [s.keyId, s.alg]),
+    );
+    expect(again.signatures[1]).toEqual(example.signatures[1]);
+    expect(again.signatures[0]!.signature).not.toBe(example.signatures[0]!.signature);
+    const r = verifyManifest(JSON.stringify(again), trustPolicyFromKeys(keys, 2), {
+      now: new Date("2026-11-20T00:00:00Z"),
+      deviceId: "esp32s3-7cdfa1e0c4f2",
+      chip: "esp32s3",
+      minCounter: 42,
+    });
+    expect(r.ok).toBe(true);
   });
 });
 
