@@ -1,7 +1,8 @@
 /**
  * `esp-ota demo` (`npm run demo`, the README's first command): the whole system on one machine
  * with nothing to set up. It starts the embedded broker, three simulated ESP32s with secure boot
- * and flash encryption on pseudo-terminals (socat), the gateway agent on those ports, builds a
+ * and flash encryption on pseudo-terminals (socat; without it, on in-memory UART links paced at
+ * the baud rate, src/sim/fleet-memory.ts), the gateway agent on those ports, builds a
  * release from a bundled synthetic app (signed once, encrypted per device and per OTA slot),
  * serves it over HTTP, and rolls it out over MQTT in two waves with a live view. One device's
  * new app fails its self-test and the bootloader rolls it back; the other two succeed. It ends
@@ -11,7 +12,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { Command } from "commander";
+import { type Command, Option } from "commander";
 import { startBroker } from "../broker/broker.js";
 import type { CliContext } from "../src/cli/context.js";
 import { EspOtaError } from "../src/errors.js";
@@ -26,12 +27,15 @@ import { createStaticServer } from "../src/release/serve.js";
 import { createRollout } from "../src/rollout/machine.js";
 import { runRollout } from "../src/rollout/runner.js";
 import { eventLine, renderSummary } from "../src/rollout/view.js";
+import type { SimDevice } from "../src/sim/device.js";
 import { createFleet, fleetApp } from "../src/sim/fleet.js";
+import { serveFleetInMemory } from "../src/sim/fleet-memory.js";
 import { serveFleet } from "../src/sim/fleet-serve.js";
 import { socatAvailable } from "../src/uart/socat.js";
-import { Agent } from "./agent.js";
+import { Agent, type AgentOptions } from "./agent.js";
 import { parseAgentConfig } from "./config.js";
 import { createLogger } from "./log.js";
+import { memoryPorts } from "./memory-ports.js";
 
 const NEW_VERSION = "2.0.0";
 
@@ -39,16 +43,31 @@ export interface DemoOptions {
   /** Size of the demo app (default 256 KB: a few seconds per device at 921600 baud). */
   appSize: number;
   keep: boolean;
+  /**
+   * How the simulated ESP32s are attached: "pty" (pseudo-terminals through socat and serialport,
+   * as USB-serial adapters appear), "memory" (in-memory UART links paced at the baud rate, no
+   * socat), or "auto" (the default: pty when socat is installed, else memory).
+   */
+  links: "auto" | "pty" | "memory";
 }
 
+const SOCAT_INSTALL = "apt-get install -y socat (Debian/Ubuntu) or brew install socat";
+
 export async function runDemo(ctx: CliContext, o: DemoOptions): Promise<{ ok: boolean }> {
-  if (!socatAvailable())
-    throw new EspOtaError(
-      "E_UART_PORT",
-      "the demo attaches its simulated ESP32s to pseudo-terminals with socat, which is not installed: apt-get install -y socat (Debian/Ubuntu) or brew install socat",
-    );
-  const dir = mkdtempSync(join(tmpdir(), "esp-ota-demo-"));
   const say = (s: string) => ctx.print(s);
+  let links: "pty" | "memory" = o.links === "memory" ? "memory" : "pty";
+  if (links === "pty" && !socatAvailable()) {
+    if (o.links === "pty")
+      throw new EspOtaError(
+        "E_UART_SOCAT_MISSING",
+        `--links pty attaches the simulated ESP32s to pseudo-terminals with socat, which is not installed: ${SOCAT_INSTALL}; or run the demo with --links memory`,
+      );
+    links = "memory";
+    ctx.note(
+      `note: socat is not installed, so the simulated ESP32s are attached over in-memory UART links (same protocol, paced at the baud rate). To see them on real pseudo-terminals: ${SOCAT_INSTALL}`,
+    );
+  }
+  const dir = mkdtempSync(join(tmpdir(), "esp-ota-demo-"));
   const stops: (() => Promise<unknown>)[] = [];
   try {
     say("esp-ota demo: broker, image server, 3 secure ESP32s, gateway agent, one rollout");
@@ -73,11 +92,22 @@ export async function runDemo(ctx: CliContext, o: DemoOptions): Promise<{ ok: bo
     stops.push(() => broker.close());
     say(`2. embedded MQTT broker at ${broker.url}`);
 
-    // 3. The devices on pseudo-terminals, as USB-serial adapters would appear.
-    const links = join(dir, "tty");
-    const devices = await serveFleet(fleet.devices, { linkDir: links });
-    stops.push(() => devices.close());
-    say(`3. devices attached on ${links}/tty-<id> (real ptys through serialport)`);
+    // 3. The devices on pseudo-terminals, as USB-serial adapters would appear, or in memory.
+    const ttyDir = join(dir, "tty");
+    let devices: { devices: readonly { deviceId: string; device: SimDevice }[] };
+    let ports: AgentOptions["ports"];
+    if (links === "pty") {
+      const served = await serveFleet(fleet.devices, { linkDir: ttyDir });
+      stops.push(() => served.close());
+      devices = served;
+      say(`3. devices attached on ${ttyDir}/tty-<id> (real ptys through serialport)`);
+    } else {
+      const served = serveFleetInMemory(fleet.devices);
+      stops.push(async () => served.close());
+      devices = served;
+      ports = memoryPorts(served);
+      say("3. devices attached over in-memory UART links (paced at the baud rate)");
+    }
 
     // 4. The release: sign once, encrypt per device and per OTA slot, signed manifests.
     const out = join(dir, "release");
@@ -107,7 +137,7 @@ export async function runDemo(ctx: CliContext, o: DemoOptions): Promise<{ ok: bo
       `4. release ${index.releaseId}: ${built.built.length} devices x 2 slots, signed then encrypted; served at ${baseUrl}`,
     );
 
-    // 5. The gateway agent on the ptys.
+    // 5. The gateway agent on those ports.
     const parsed = parseAgentConfig(
       `gatewayId: demo-gateway
 mqtt:
@@ -116,7 +146,7 @@ trust:
   policy: ${fleet.trustFile}
 serial:
   ports:
-    - glob: ${links}/tty-*
+    - glob: ${ttyDir}/tty-*
   rescanMs: 500
 stateDir: ${join(dir, "agent-state")}
 policy:
@@ -132,6 +162,7 @@ policy:
     const agent = new Agent({
       config: parsed.config,
       log: createLogger("warn", { pretty: false }),
+      ...(ports ? { ports } : {}),
     });
     await agent.start();
     stops.push(() => agent.stop());
@@ -231,7 +262,7 @@ export function registerDemo(program: Command, ctx: CliContext): void {
   program
     .command("demo")
     .description(
-      "The whole system on this machine: embedded broker, image server, 3 simulated secure ESP32s on ptys, the gateway agent, a release and a rollout (one device rolls back). Leaves nothing running.",
+      "The whole system on this machine: embedded broker, image server, 3 simulated secure ESP32s (on ptys, or in-memory UART links without socat), the gateway agent, a release and a rollout (one device rolls back). Leaves nothing running.",
     )
     .option(
       "--app-size <bytes>",
@@ -240,7 +271,15 @@ export function registerDemo(program: Command, ctx: CliContext): void {
       0x40000,
     )
     .option("--keep", "keep the temporary directory (keys, release, state) for inspection", false)
-    .action(async (o: { appSize: number; keep: boolean }) => {
+    .addOption(
+      new Option(
+        "--links <how>",
+        "attach the simulated ESP32s on pseudo-terminals (pty, needs socat) or in-memory UART links (memory); auto: pty when socat is installed",
+      )
+        .choices(["auto", "pty", "memory"])
+        .default("auto"),
+    )
+    .action(async (o: DemoOptions) => {
       const r = await runDemo(ctx, o);
       if (!r.ok) throw new EspOtaError("E_INTERNAL", "the demo did not end as expected");
     });

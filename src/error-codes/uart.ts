@@ -83,4 +83,10 @@ export const uartCodes = {
     meaning: "The serial port could not be opened or configured.",
     action: "Check the path, permissions (dialout group) and that no other program holds the port.",
   },
+  E_UART_SOCAT_MISSING: {
+    meaning:
+      "socat, which creates the pseudo-terminals simulated devices are attached to (`sim serve`, `sim fleet serve`, `demo --links pty`), is not installed.",
+    action:
+      "Install it: apt-get install -y socat (Debian/Ubuntu) or brew install socat. `esp-ota demo` runs without it on in-memory UART links (--links memory, the default when socat is missing).",
+  },
 } as const satisfies ErrorCodeTable;

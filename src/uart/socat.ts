@@ -38,7 +38,11 @@ export async function openPtyPair(
   }
   const failed = new Promise<never>((_, reject) => {
     proc.once("error", (e) =>
-      reject(new EspOtaError("E_UART_PORT", `cannot start socat: ${e.message}`, {}, e)),
+      reject(
+        (e as NodeJS.ErrnoException).code === "ENOENT"
+          ? new EspOtaError("E_UART_SOCAT_MISSING", "socat is not installed", {}, e)
+          : new EspOtaError("E_UART_PORT", `cannot start socat: ${e.message}`, {}, e),
+      ),
     );
   });
   failed.catch(() => undefined);

@@ -10,9 +10,10 @@
  *     own config (parseAgentConfig), gateway id, state directory and MQTT connection, spread over
  *     FLEET_HOSTS (default 4) child processes run with tsx; their state directories on tmpfs
  *     (see FleetRunOptions.stateRoot for why). Devices go to gateways round-robin. Each device is
- *     an in-memory link: a VirtualLink pair on real timers, the SimEndpoint (the simulated chip
- *     with its UART receive path and flash timing) on the device end, DeviceLink.over on the
- *     host end, handed to the agent through AgentOptions.ports. The link is paced at 2,000,000
+ *     an in-memory link (src/sim/fleet-memory.ts, as `esp-ota demo` without socat): a
+ *     VirtualLink pair on real timers, the SimEndpoint (the simulated chip with its UART receive
+ *     path and flash timing) on the device end, DeviceLink.over on the host end, handed to the
+ *     agent through AgentOptions.ports (agent/memory-ports.ts). The link is paced at 2,000,000
  *     baud (the highest rate the device side accepts; the agent negotiates it from the 115200
  *     console rate as on a real board), 1 ms of adapter latency each way and
  *     512-byte deliveries (one USB 2.0 bulk packet), so a device costs what it would on a real
@@ -47,10 +48,10 @@ import { monitorEventLoopDelay } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
 import mqtt from "mqtt";
 import type { Logger } from "pino";
-import { Agent, type PortSource } from "../../agent/agent.js";
+import { Agent } from "../../agent/agent.js";
 import { parseAgentConfig } from "../../agent/config.js";
-import { DeviceLink } from "../../agent/link.js";
 import { createLogger, type LogLevel } from "../../agent/log.js";
+import { memoryPorts } from "../../agent/memory-ports.js";
 import { startBroker } from "../../broker/broker.js";
 import { connectMqtt } from "../../src/mqtt/client.js";
 import { parseTopic, type TopicKind, topics } from "../../src/mqtt/topics.js";
@@ -62,18 +63,8 @@ import { createStaticServer } from "../../src/release/serve.js";
 import { createRollout } from "../../src/rollout/machine.js";
 import type { RolloutState } from "../../src/rollout/messages.js";
 import { runRollout } from "../../src/rollout/runner.js";
-import {
-  createFleet,
-  type Fleet,
-  fleetApp,
-  loadFleet,
-  loadFleetDevice,
-} from "../../src/sim/fleet.js";
-import { OrderedTimers } from "../../src/sim/fleet-serve.js";
-import type { TimerHandle, Timers } from "../../src/uart/scheduler.js";
-import { VirtualScheduler } from "../../src/uart/scheduler.js";
-import { RX_CONFIGS, SimEndpoint } from "../../src/uart/sim-endpoint.js";
-import { VirtualLink } from "../../src/uart/virtual-link.js";
+import { createFleet, type Fleet, fleetApp, loadFleet } from "../../src/sim/fleet.js";
+import { type MemoryFleet, serveFleetInMemory } from "../../src/sim/fleet-memory.js";
 import { freePort, mosquittoPath } from "../helpers/mosquitto.js";
 
 const SELF = fileURLToPath(import.meta.url);
@@ -87,37 +78,8 @@ const TICK_HZ = 100; // Linux USER_HZ: /proc/<pid>/stat times are in these ticks
  * falls back to the 115200 console rate: a 16 KB transfer took 1.4 s instead of 0.1 s.
  */
 export const FLEET_BAUD = 2_000_000;
-/** One USB 2.0 high-speed bulk packet: how a bridge hands received bytes to the host. */
-const DELIVERY_CHUNK = 512;
-/** The adapter's latency timer set to its minimum (FTDI: 1 ms; the default 16 ms is for tty use). */
-const ADAPTER_LATENCY_MS = 1;
 
 // ---- the gateways' side: agents over in-memory links ------------------------------------------
-
-/**
- * VirtualLink on real time: its pacing and deliveries go to `timers` (OrderedTimers, which fire
- * strictly in due order, as a wire delivers) instead of a virtual clock.
- */
-class RealTimeScheduler extends VirtualScheduler {
-  constructor(private readonly timers: Timers) {
-    super();
-  }
-  override now(): number {
-    return this.timers.now();
-  }
-  override setTimer(ms: number, fn: () => void): TimerHandle {
-    return this.timers.setTimer(ms, fn);
-  }
-  override at(time: number, fn: () => void): TimerHandle {
-    return this.timers.setTimer(Math.max(0, time - this.timers.now()), fn);
-  }
-  override clearTimer(h: TimerHandle | undefined): void {
-    this.timers.clearTimer(h);
-  }
-  override run(): void {
-    throw new TypeError("RealTimeScheduler runs on real timers; there is nothing to run");
-  }
-}
 
 export interface GatewayHostSpec {
   fleetDir: string;
@@ -177,7 +139,7 @@ export async function startGatewayHost(spec: GatewayHostSpec): Promise<GatewayHo
   const byId = new Map(fleet.devices.map((d) => [d.deviceId, d]));
   const log: Logger = createLogger(spec.logLevel, { pretty: false });
   const agents: Agent[] = [];
-  const links: VirtualLink[] = [];
+  const fleets: MemoryFleet[] = [];
   for (const g of spec.gateways) {
     const file = join(spec.stateRoot, g.id, "gateway.yaml");
     mkdirSync(join(spec.stateRoot, g.id), { recursive: true });
@@ -191,39 +153,21 @@ export async function startGatewayHost(spec: GatewayHostSpec): Promise<GatewayHo
     writeFileSync(file, text);
     const { config, problems } = parseAgentConfig(text, file);
     if (!config) throw new Error(`${file}: ${problems.map((p) => p.message).join("; ")}`);
-    // One link per device; the path is the name the agent logs and reports as the port.
-    const ports = new Map<string, VirtualLink>();
-    for (const id of g.deviceIds) {
-      const d = byId.get(id);
-      if (!d) throw new Error(`device ${id} is not in the fleet at ${spec.fleetDir}`);
-      const timers = new OrderedTimers();
-      const link = new VirtualLink(new RealTimeScheduler(timers), {
-        baud: 115200,
-        latencyMs: ADAPTER_LATENCY_MS,
-        deliveryChunk: DELIVERY_CHUNK,
-      });
-      const ep = new SimEndpoint(loadFleetDevice(d), link.device, timers, { rx: RX_CONFIGS.iram });
-      ep.powerOn();
-      ports.set(`sim:${id}`, link);
-      links.push(link);
-    }
+    // The gateway's devices on in-memory links (src/sim/fleet-memory.ts), real time.
+    const devices = serveFleetInMemory(
+      g.deviceIds.map((id) => {
+        const d = byId.get(id);
+        if (!d) throw new Error(`device ${id} is not in the fleet at ${spec.fleetDir}`);
+        return d;
+      }),
+      // The bench never reads the chips back from their files.
+      { save: false },
+    );
+    fleets.push(devices);
     const agent = new Agent({
       config,
       log: log.child({ gatewayId: g.id }),
-      ports: {
-        source: (h): PortSource => ({
-          current: new Set(ports.keys()),
-          async start() {
-            for (const p of ports.keys()) h.onAdded(p);
-          },
-          stop() {},
-        }),
-        open: async (path, o) => {
-          const link = ports.get(path);
-          if (!link) throw new Error(`no simulated device on ${path}`);
-          return DeviceLink.over(path, link.host, o);
-        },
-      },
+      ports: memoryPorts(devices),
     });
     agents.push(agent);
   }
@@ -237,7 +181,7 @@ export async function startGatewayHost(spec: GatewayHostSpec): Promise<GatewayHo
     async stop() {
       lag.disable();
       await Promise.all(agents.map((a) => a.stop()));
-      for (const l of links) l.disconnect();
+      for (const f of fleets) f.close();
     },
   };
 }
