@@ -237,6 +237,7 @@ export class Agent {
     this.flushLogs();
     for (const a of this.byId.values()) a.link.close();
     await Promise.allSettled([...this.byId.values()].map((a) => a.running));
+    await this.store.flush();
     await this.stopCommands?.().catch(() => undefined);
     const client = this.client;
     if (client) {
@@ -303,10 +304,20 @@ export class Agent {
     return l;
   }
 
-  private save(id: string, f: (l: DeviceLedger) => void): void {
+  /**
+   * Changes the device's ledger now and writes it in the background; the promise says when it is
+   * on disk. Callers that publish or reply on the strength of the change await it (status(), the
+   * retry command); the others need not, because the next status awaits a write that includes
+   * their change. A failed write is logged here and surfaces at the next awaited save.
+   */
+  private save(id: string, f: (l: DeviceLedger) => void): Promise<void> {
     const l = this.ledger(id);
     f(l);
-    this.store.save(l);
+    const written = this.store.save(l);
+    written.catch((e: unknown) =>
+      this.log.error({ deviceId: id, err: String(e) }, "ledger write failed"),
+    );
+    return written;
   }
 
   // ---- ports and devices ------------------------------------------------------------------
@@ -519,7 +530,7 @@ export class Agent {
       );
       return;
     }
-    this.save(deviceId, (x) => {
+    await this.save(deviceId, (x) => {
       x.seq = st.seq;
       x.lastStatus = st;
       if (isFinalState(state) && job) {
@@ -726,10 +737,14 @@ export class Agent {
         if (l.job) return err("E_AGENT_BUSY", `${l.job.notice.releaseId} is in flight`);
         const notice = l.lastNotice;
         if (!notice) return err("E_AGENT_UNKNOWN_DEVICE", "no earlier update to retry");
-        this.save(a.deviceId, (x) => {
-          x.job = { notice, step: "parseNotice", startedAt: this.now().toISOString() };
-          x.lastFinal = undefined;
-        });
+        try {
+          await this.save(a.deviceId, (x) => {
+            x.job = { notice, step: "parseNotice", startedAt: this.now().toISOString() };
+            x.lastFinal = undefined;
+          });
+        } catch (e) {
+          return err("E_AGENT_STATE", (e as Error).message);
+        }
         this.kick(a);
         return { ...base, ok: true, result: { retrying: notice.releaseId } };
       }

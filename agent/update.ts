@@ -63,8 +63,12 @@ export interface UpdateHost {
   log: Logger;
   now(): Date;
   ledger(): DeviceLedger;
-  /** Mutates the ledger and saves it atomically (before anything is published). */
-  save(f: (l: DeviceLedger) => void): void;
+  /**
+   * Mutates the ledger and writes it atomically in the background; resolves once it is on disk.
+   * status() awaits a write that includes every earlier change, so nothing is published before
+   * the ledger that explains it is durable.
+   */
+  save(f: (l: DeviceLedger) => void): Promise<void>;
   /** Publishes the device's status for the job's release (seq and timestamps added). */
   status(state: UpdateState, extra?: Partial<DeviceStatus>): Promise<void>;
   progress(step: StepName, bytes: number, total: number): void;

@@ -156,7 +156,7 @@ async function run(
     log: pino({ level: "silent" }),
     now: () => NOW,
     ledger: () => ledger,
-    save: (f) => f(ledger),
+    save: async (f) => f(ledger),
     status: async (state, extra = {}) => {
       statuses.push({
         format: 1,
