@@ -451,7 +451,7 @@ export class Agent {
 
   private onNotice(a: Attached, notice: UpdateNotice | null): void {
     const l = this.ledger(a.deviceId);
-    const d = decideNotice(l, notice);
+    const d = decideNotice(l, notice, this.settings.trust);
     const log = this.log.child({ deviceId: a.deviceId, step: "parseNotice" });
     switch (d.action) {
       case "ignore":

@@ -35,6 +35,7 @@ import {
   type Job,
   minCounterFor,
   pastPointOfNoReturn,
+  recordMark,
   STEP_STATE,
   type StepName,
 } from "../src/gateway/ledger.js";
@@ -191,7 +192,7 @@ export async function runUpdate(h: UpdateHost): Promise<RunResult> {
       now: h.now(),
       deviceId: h.deviceId,
       ...(chip ? { chip } : {}),
-      minCounter: minCounterFor(h.ledger(), job.notice.releaseId),
+      minCounter: minCounterFor(h.ledger(), job.notice.releaseId, h.settings.trust),
     });
     if (!check.ok) fail(new EspOtaError(check.code, check.reason, { deviceId: h.deviceId }));
     const manifest = (check as Extract<typeof check, { ok: true }>).manifest;
@@ -202,9 +203,9 @@ export async function runUpdate(h: UpdateHost): Promise<RunResult> {
           `the notice names release ${job.notice.releaseId} but its manifest is ${manifest.releaseId}`,
         ),
       );
+    const signers = (check as Extract<typeof check, { ok: true }>).keyIds;
     h.save((l) => {
-      if (!l.highWater || manifest.counter >= l.highWater.counter)
-        l.highWater = { counter: manifest.counter, releaseId: manifest.releaseId };
+      recordMark(l, { counter: manifest.counter, releaseId: manifest.releaseId, keyIds: signers });
       l.job!.targetVersion = manifest.version;
     });
     checkCancel();

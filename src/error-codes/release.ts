@@ -60,7 +60,7 @@ export const releaseCodes = {
     meaning:
       "The manifest's release counter is below the lowest the device accepts: an older release replayed (rollback).",
     action:
-      "Do not install it. Build a new release for the device; its counter must exceed the last one installed.",
+      "Do not install it. Build a new release for the device; its counter must exceed the last one installed. If every new release is refused, a manifest signed with stolen keys may have fast-forwarded the counter: revoke those keys (trust.json, or trust.revoked in the gateway config) and restart the agent; the genuine counter then applies again.",
   },
   E_MANIFEST_DEVICE_MISMATCH: {
     meaning:

@@ -7,6 +7,7 @@
 import type { ErrorCode } from "../errors.js";
 import type { DeviceStatus, RunningApp, UpdateNotice, UpdateState } from "../mqtt/messages.js";
 import { FINAL_STATES, UPDATE_STATES } from "../mqtt/messages.js";
+import type { TrustPolicy } from "../release/keyring.js";
 import type { ManifestVariant } from "../release/manifest.js";
 
 /** The named steps of one update (STYLE.md §4), in order; each appears in logs and errors. */
@@ -68,8 +69,17 @@ export interface DeviceLedger {
   deviceId: string;
   /** Last status seq published for this device: the next one is seq + 1. */
   seq: number;
-  /** Highest release counter of a manifest that verified for this device, and its release. */
-  highWater?: { counter: number; releaseId: string };
+  /**
+   * Highest release counter of a manifest that verified for this device, its release, and the
+   * key ids whose signatures counted (absent in ledgers written before they were recorded).
+   */
+  highWater?: CounterMark;
+  /**
+   * The highest mark of each set of signers, highest first, at most MAX_SIGNER_SETS (recordMark):
+   * when the operator revokes keys that signed a fast-forwarded counter, the highest mark still
+   * backed by the trust policy applies instead (effectiveMark; docs/security.md, fast-forward).
+   */
+  marks?: CounterMark[];
   /** The last release that reached a final status (a notice for it again is a no-op). */
   lastFinal?: { releaseId: string; state: FinalState; at: string };
   job?: Job;
@@ -79,6 +89,65 @@ export interface DeviceLedger {
   pending?: UpdateNotice;
   /** The last status published (republished as is after a restart). */
   lastStatus?: DeviceStatus;
+}
+
+/** A release counter accepted for the device: a high-water mark. */
+export interface CounterMark {
+  counter: number;
+  releaseId: string;
+  /** The key ids whose signatures counted toward the threshold, sorted. */
+  keyIds?: string[];
+}
+
+/**
+ * Signer sets whose marks a ledger keeps. A policy of n keys and threshold k has C(n, k) sets,
+ * and operators sign with one or two of them; 16 leaves room for rotations while an attacker's
+ * marks (all from the keys it holds, one set per choice of keys) cannot push every genuine one
+ * out before the operator reacts.
+ */
+export const MAX_SIGNER_SETS = 16;
+
+/** Records an accepted manifest's counter (the highest per signer set is kept). */
+export function recordMark(l: DeviceLedger, mark: CounterMark): void {
+  const keyIds = mark.keyIds ? [...mark.keyIds].sort() : undefined;
+  const m: CounterMark = {
+    counter: mark.counter,
+    releaseId: mark.releaseId,
+    ...(keyIds ? { keyIds } : {}),
+  };
+  const set = (x: CounterMark) => (x.keyIds ? x.keyIds.join(",") : "(unknown signers)");
+  // A ledger from before marks were kept: its high-water mark is the first, signers unknown.
+  const marks = l.marks ?? (l.highWater ? [l.highWater] : []);
+  const others = marks.filter((x) => set(x) !== set(m));
+  const same = marks.find((x) => set(x) === set(m));
+  const kept = same && same.counter > m.counter ? same : m;
+  l.marks = [kept, ...others].sort((a, b) => b.counter - a.counter).slice(0, MAX_SIGNER_SETS);
+  if (!l.highWater || m.counter >= l.highWater.counter) l.highWater = m;
+}
+
+/**
+ * Whether a mark is still backed by `trust`: enough of the keys that signed it are still
+ * trusted and not revoked to meet today's threshold. A mark whose signers are unknown (recorded
+ * before signers were kept) counts as backed.
+ */
+export function markBacked(mark: CounterMark, trust: TrustPolicy): boolean {
+  if (!mark.keyIds) return true;
+  const trusted = new Set(trust.keys.map((k) => k.keyId));
+  const revoked = new Set(trust.revoked);
+  const still = mark.keyIds.filter((id) => trusted.has(id) && !revoked.has(id)).length;
+  return still >= trust.threshold;
+}
+
+/**
+ * The high-water mark in force: the highest recorded mark still backed by `trust` (all of them
+ * without `trust`). A counter fast-forwarded with keys the operator has since revoked stops
+ * freezing the device: the genuine mark below it applies again (TUF resets its counters on a
+ * root rotation for the same reason; docs/security.md).
+ */
+export function effectiveMark(l: DeviceLedger, trust?: TrustPolicy): CounterMark | undefined {
+  const marks = l.marks ?? (l.highWater ? [l.highWater] : []);
+  if (!trust) return marks[0];
+  return marks.find((m) => markBacked(m, trust));
 }
 
 export function newLedger(deviceId: string): DeviceLedger {
@@ -98,7 +167,12 @@ export type NoticeDecision =
  * (docs/mqtt-api.md "Notice semantics"). Pure; the manifest's signed counter is checked later,
  * by verifyManifest: the notice's counter is only a hint, so here it can only make us ignore.
  */
-export function decideNotice(l: DeviceLedger, notice: UpdateNotice | null): NoticeDecision {
+export function decideNotice(
+  l: DeviceLedger,
+  notice: UpdateNotice | null,
+  /** The trust policy in force; the high-water mark is effectiveMark(l, trust). */
+  trust?: TrustPolicy,
+): NoticeDecision {
   const job = l.job;
   if (notice === null) {
     if (!job) return { action: "ignore", reason: "desired update cleared; nothing in flight" };
@@ -126,10 +200,11 @@ export function decideNotice(l: DeviceLedger, notice: UpdateNotice | null): Noti
         reason: `${notice.releaseId} already ended (${l.lastFinal.state}); re-issue the notice or use the retry command to run it again`,
       };
   }
-  if (l.highWater && notice.counter < l.highWater.counter)
+  const mark = effectiveMark(l, trust);
+  if (mark && notice.counter < mark.counter)
     return {
       action: "ignore",
-      reason: `counter ${notice.counter} is below the high-water mark ${l.highWater.counter} (replayed or stale notice)`,
+      reason: `counter ${notice.counter} is below the high-water mark ${mark.counter} (replayed or stale notice)`,
     };
   if (!job) return { action: "start", notice };
   if (pastPointOfNoReturn(job.step)) return { action: "defer", notice };
@@ -145,9 +220,10 @@ export function decideNotice(l: DeviceLedger, notice: UpdateNotice | null): Noti
  * The minimum counter a manifest must have to be accepted for this notice: above the high-water
  * mark, or equal to it for the very release that set it (a retry of the same release).
  */
-export function minCounterFor(l: DeviceLedger, releaseId: string): number {
-  if (!l.highWater) return 0;
-  return l.highWater.releaseId === releaseId ? l.highWater.counter : l.highWater.counter + 1;
+export function minCounterFor(l: DeviceLedger, releaseId: string, trust?: TrustPolicy): number {
+  const mark = effectiveMark(l, trust);
+  if (!mark) return 0;
+  return mark.releaseId === releaseId ? mark.counter : mark.counter + 1;
 }
 
 const order = (s: string) => {

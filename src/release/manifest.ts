@@ -312,8 +312,13 @@ export function verifyManifest(
   if (!(ctx?.now instanceof Date) || Number.isNaN(ctx.now.getTime())) {
     throw new TypeError("verifyManifest: ctx.now must be a valid Date");
   }
-  if (ctx.minCounter !== undefined && !Number.isSafeInteger(ctx.minCounter)) {
-    throw new RangeError("verifyManifest: ctx.minCounter must be a safe integer");
+  // Up to 2^53, one above the largest counter: what a device whose mark is 2^53 - 1 requires of
+  // any other release (none can meet it: E_MANIFEST_COUNTER, the fast-forward freeze).
+  if (
+    ctx.minCounter !== undefined &&
+    !(Number.isInteger(ctx.minCounter) && ctx.minCounter >= 0 && ctx.minCounter <= 2 ** 53)
+  ) {
+    throw new RangeError("verifyManifest: ctx.minCounter must be an integer in 0..2^53");
   }
   const trusted = checkTrustPolicy(policy);
 

@@ -7,8 +7,11 @@ import {
   compareVersions,
   type DeviceLedger,
   decideNotice,
+  effectiveMark,
+  MAX_SIGNER_SETS,
   minCounterFor,
   newLedger,
+  recordMark,
   type StepName,
   statusMayFollow,
 } from "../../src/gateway/ledger.js";
@@ -137,6 +140,53 @@ describe("counters and statuses", () => {
     expect(minCounterFor(l, "r4")).toBe(4);
     expect(minCounterFor(l, "r5")).toBe(5);
     expect(minCounterFor(newLedger(ID), "r1")).toBe(0);
+  });
+
+  it("keeps the highest mark per signer set; the mark in force is the highest still backed by the trust policy", () => {
+    const policy = (revoked: string[] = []) => ({
+      keys: ["a", "b", "c", "d"].map((keyId) => ({
+        keyId,
+        alg: "ed25519" as const,
+        publicKey: "",
+      })),
+      revoked,
+      threshold: 2,
+    });
+    const l = newLedger(ID);
+    recordMark(l, { counter: 5, releaseId: "r5", keyIds: ["b", "a"] });
+    recordMark(l, { counter: 4, releaseId: "r4", keyIds: ["a", "b"] });
+    recordMark(l, { counter: 2 ** 53 - 1, releaseId: "ff", keyIds: ["c", "d"] });
+    expect(l.marks).toEqual([
+      { counter: 2 ** 53 - 1, releaseId: "ff", keyIds: ["c", "d"] },
+      { counter: 5, releaseId: "r5", keyIds: ["a", "b"] },
+    ]);
+    expect(l.highWater?.releaseId).toBe("ff");
+    expect(effectiveMark(l)?.releaseId).toBe("ff");
+    expect(minCounterFor(l, "r6", policy())).toBe(2 ** 53);
+    // c and d revoked: their mark no longer counts, the one a and b set does.
+    expect(effectiveMark(l, policy(["c", "d"]))?.releaseId).toBe("r5");
+    expect(minCounterFor(l, "r6", policy(["c", "d"]))).toBe(6);
+    expect(decideNotice(l, notice("r6", 6), policy(["c", "d"])).action).toBe("start");
+    expect(decideNotice(l, notice("r6", 6), policy()).action).toBe("ignore");
+    // One of c and d revoked: one signer left, below the threshold of 2.
+    expect(effectiveMark(l, policy(["d"]))?.releaseId).toBe("r5");
+    // Every signer revoked: no mark in force.
+    expect(effectiveMark(l, policy(["a", "c"]))).toBeUndefined();
+  });
+
+  it("a ledger from before signers were recorded: its mark counts whatever the policy, and is kept", () => {
+    const l: DeviceLedger = { ...newLedger(ID), highWater: { counter: 7, releaseId: "r7" } };
+    expect(effectiveMark(l, { keys: [], revoked: [], threshold: 1 })?.counter).toBe(7);
+    recordMark(l, { counter: 8, releaseId: "r8", keyIds: ["a"] });
+    expect(l.marks?.map((m) => m.counter)).toEqual([8, 7]);
+  });
+
+  it("keeps at most MAX_SIGNER_SETS signer sets, the highest marks", () => {
+    const l = newLedger(ID);
+    for (let i = 0; i < MAX_SIGNER_SETS + 5; i++)
+      recordMark(l, { counter: i, releaseId: `r${i}`, keyIds: [`k${i}`] });
+    expect(l.marks).toHaveLength(MAX_SIGNER_SETS);
+    expect(l.marks?.at(-1)?.counter).toBe(5);
   });
 
   const st = (state: DeviceStatus["state"], releaseId = "r1"): DeviceStatus => ({

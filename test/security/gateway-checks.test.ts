@@ -22,6 +22,7 @@ import type { DeviceStatus, UpdateNotice } from "../../src/mqtt/messages.js";
 import {
   generateManifestKey,
   type ManifestSigningKey,
+  type TrustPolicy,
   trustPolicyFromKeys,
 } from "../../src/release/keyring.js";
 import { type ReleaseManifest, signManifest } from "../../src/release/manifest.js";
@@ -122,6 +123,7 @@ interface Run {
 async function run(
   notice: Partial<UpdateNotice> & { releaseId: string },
   ledger: DeviceLedger = newLedger(deviceId),
+  policy: TrustPolicy = trust,
 ): Promise<Run> {
   const n: UpdateNotice = {
     format: 1,
@@ -144,7 +146,7 @@ async function run(
     },
   } as unknown as DeviceLink;
   const settings: UpdateSettings = {
-    trust,
+    trust: policy,
     policy: { allowDowngrade: false, confirmTimeoutMs: 1000, maxManifestBytes: 65536 },
     download: { retries: 0, backoffBaseMs: 1, backoffMaxMs: 1, totalTimeoutMs: 20_000 },
     stagingDir: staging,
@@ -225,7 +227,7 @@ describe("the genuine release", () => {
     const r = await run({ releaseId: "good" });
     expect(r.final.state).toBe("succeeded");
     expect(r.flashed).toEqual([{ offset: OTA1, sha256: sha(images.ota1) }]);
-    expect(r.ledger.highWater).toEqual({ counter: 8, releaseId: "good" });
+    expect(r.ledger.highWater).toMatchObject({ counter: 8, releaseId: "good" });
   });
 });
 
@@ -314,7 +316,9 @@ describe("every refusal happens before a byte goes to the device", () => {
       expect(r.flashed).toEqual([]);
       // The mark moves only for a manifest that verified (the mirror row's manifest is genuine).
       expect(r.ledger.highWater).toEqual(
-        row.step === "download" ? { counter: 8, releaseId: notice.releaseId } : markBefore,
+        row.step === "download"
+          ? { counter: 8, releaseId: notice.releaseId, keyIds: [k1.keyId, k2.keyId].sort() }
+          : markBefore,
       );
       // Nothing of what the mirror sent is kept.
       expect(readdirSync(staging)).toEqual([]);
@@ -331,12 +335,49 @@ describe("fast-forward", () => {
     ledger.job = undefined;
     const good = await run({ releaseId: "good" }, ledger);
     expect(good.final.state).toBe("succeeded");
-    expect(ledger.highWater).toEqual({ counter: 8, releaseId: "good" });
+    expect(ledger.highWater).toEqual({
+      counter: 8,
+      releaseId: "good",
+      keyIds: [k1.keyId, k2.keyId].sort(),
+    });
+  });
+
+  it("a counter fast-forwarded with k stolen keys freezes the device until the operator revokes those keys; then the genuine mark applies again", async () => {
+    // 2 of 4 keys; the operator signs with k1 and k2, the attacker holds k3 and a fourth key.
+    const before = trustPolicyFromKeys([k1, k2, k3, stranger], 2);
+    const after: TrustPolicy = { ...before, revoked: [k3.keyId, stranger.keyId] };
+    publish("ff-stolen", manifest("ff-stolen", { counter: Number.MAX_SAFE_INTEGER }), [
+      k3,
+      stranger,
+    ]);
+    publish("next", manifest("next", { counter: 9 }), [k1, k2]);
+    const ledger = newLedger(deviceId);
+    expect((await run({ releaseId: "good" }, ledger, before)).final.state).toBe("succeeded");
+    ledger.job = undefined;
+    // The stolen keys meet the threshold: the manifest verifies and its counter becomes the mark.
+    expect((await run({ releaseId: "ff-stolen" }, ledger, before)).final.state).toBe("succeeded");
+    expect(ledger.highWater?.counter).toBe(Number.MAX_SAFE_INTEGER);
+    ledger.job = undefined;
+    const frozen = await run({ releaseId: "next", counter: 9 }, ledger, before);
+    expect(frozen.final.error).toMatchObject({ code: "E_MANIFEST_COUNTER" });
+    expect(frozen.flashed).toEqual([]);
+    ledger.job = undefined;
+    // Revoked: the mark the stolen keys set no longer counts; the genuine one (8, k1 + k2) does.
+    const next = await run({ releaseId: "next", counter: 9 }, ledger, after);
+    expect(next.final.state).toBe("succeeded");
+    ledger.job = undefined;
+    // ... and still stops a replay of the genuine releases below it.
+    const replay = await run(
+      { releaseId: "good", issuedAt: "2026-01-09T00:00:00Z" },
+      ledger,
+      after,
+    );
+    expect(replay.final.error).toMatchObject({ code: "E_MANIFEST_COUNTER" });
   });
 
   it("a notice's counter hint, which nobody signed, never becomes the high-water mark", async () => {
     const r = await run({ releaseId: "good", counter: Number.MAX_SAFE_INTEGER });
     expect(r.final.state).toBe("succeeded");
-    expect(r.ledger.highWater).toEqual({ counter: 8, releaseId: "good" });
+    expect(r.ledger.highWater).toMatchObject({ counter: 8, releaseId: "good" });
   });
 });
