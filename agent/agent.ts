@@ -643,6 +643,11 @@ export class Agent {
           now: this.now,
           ledger: () => this.ledger(a.deviceId),
           save: (f) => this.save(a.deviceId, f),
+          saveNow: (f) => {
+            const l = this.ledger(a.deviceId);
+            f(l);
+            this.store.saveNow(l);
+          },
           status: (state, extra) => this.status(a.deviceId, state, extra),
           progress: (step, bytes, total) => this.progress(a, step, bytes, total),
           link: () => {

@@ -157,13 +157,20 @@ export class DeviceLink {
   flash(
     image: { offset: number; size: number; sha256: Uint8Array },
     source: ImageSource,
-    o: { signal?: AbortSignal; onEvent?: (e: HostEvent) => void; confirmMs?: number },
+    o: {
+      signal?: AbortSignal;
+      onEvent?: (e: HostEvent) => void;
+      confirmMs?: number;
+      /** The signed manifest's version: END must report it (HostJob.expectVersion). */
+      expectVersion?: string;
+    },
   ): Promise<Outcome> {
     return this.session(
       {
         mode: "flash",
         image,
         requireNextSlot: true,
+        ...(o.expectVersion !== undefined ? { expectVersion: o.expectVersion } : {}),
         targetBaud: this.o.transferBaud,
         timeouts: {
           ...this.o.timeouts,

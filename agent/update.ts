@@ -70,6 +70,11 @@ export interface UpdateHost {
    * the ledger that explains it is durable.
    */
   save(f: (l: DeviceLedger) => void): Promise<void>;
+  /**
+   * Mutates the ledger and writes it durably before returning (E_AGENT_STATE on failure): for
+   * the step recorded as ACTIVATE is about to leave the port.
+   */
+  saveNow(f: (l: DeviceLedger) => void): void;
   /** Publishes the device's status for the job's release (seq and timestamps added). */
   status(state: UpdateState, extra?: Partial<DeviceStatus>): Promise<void>;
   progress(step: StepName, bytes: number, total: number): void;
@@ -351,6 +356,9 @@ async function transfer(
   s: { enter: (s: StepName) => Promise<void>; fail: (e: unknown) => never },
 ): Promise<Outcome> {
   const variant = h.ledger().job!.variant!;
+  // The signed manifest's version: the device must report the same for the image it verified
+  // (docs/security.md, G2), or the session aborts before ACTIVATE.
+  const expectVersion = h.ledger().job!.targetVersion;
   let lastProgress = 0;
   for (let attempt = 1; ; attempt++) {
     const src = stagingSource(staging);
@@ -366,14 +374,19 @@ async function transfer(
       const out = await h.link().flash({ offset: variant.offset, size, sha256 }, src, {
         signal: ac.signal,
         confirmMs: h.settings.policy.confirmTimeoutMs,
+        ...(expectVersion !== undefined ? { expectVersion } : {}),
         onEvent: (e: HostEvent) => {
           if (e.kind === "phase") {
             const next = PHASE_STEP[e.phase];
             if (next && next !== h.ledger().job!.step) {
-              // Recorded synchronously, before the machine's ACTIVATE leaves the port.
-              h.save((l) => {
+              // Past the point of no return the step is on disk before the machine's ACTIVATE
+              // leaves the port (saveNow, synchronous): after a crash, the agent then asks the
+              // device which app runs instead of sending the image again.
+              const record = (l: DeviceLedger) => {
                 l.job!.step = next;
-              });
+              };
+              if (pastPointOfNoReturn(next)) h.saveNow(record);
+              else void h.save(record);
               entering = entering.then(() => s.enter(next));
             }
           } else if (e.kind === "progress") {

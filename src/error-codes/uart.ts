@@ -83,6 +83,12 @@ export const uartCodes = {
     meaning: "The serial port could not be opened or configured.",
     action: "Check the path, permissions (dialout group) and that no other program holds the port.",
   },
+  E_UART_VERSION_MISMATCH: {
+    meaning:
+      "The image the device decrypted and verified at END carries another app version than the signed manifest claims. It was aborted before activation; the device keeps its app.",
+    action:
+      "Compare the release's app (`esp-ota image-info`) with the manifest's version and rebuild the release with `esp-ota release build`. A genuine build never differs: if the manifest verified, suspect its signing keys (docs/security.md).",
+  },
   E_UART_SOCAT_MISSING: {
     meaning:
       "socat, which creates the pseudo-terminals simulated devices are attached to (`sim serve`, `sim fleet serve`, `demo --links pty`), is not installed.",

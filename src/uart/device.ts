@@ -85,7 +85,8 @@ interface Transfer {
 type DeviceState =
   | { kind: "idle" }
   | { kind: "receiving"; t: Transfer }
-  | { kind: "verified"; t: Transfer }
+  /** `version`: the verified image's esp_app_desc_t.version, END's answer (§4, RESULT). */
+  | { kind: "verified"; t: Transfer; version: string }
   | { kind: "activated"; slot: Partition };
 
 type Handler = (payload: Uint8Array) => void;
@@ -406,7 +407,8 @@ export class UartOtaDevice {
   private onEnd(): void {
     const st = this.state;
     if (st.kind === "verified") {
-      this.result(MSG.END, STATUS.OK, 0, st.t.size, "verified");
+      // Idempotent: the same answer as the first END (§3.4).
+      this.result(MSG.END, STATUS.OK, 0, st.t.size, st.version);
       return;
     }
     if (st.kind !== "receiving") return;
@@ -469,8 +471,9 @@ export class UartOtaDevice {
       );
       return;
     }
-    this.state = { kind: "verified", t };
-    this.result(MSG.END, STATUS.OK, 0, t.size, `${check.appDesc?.version ?? ""}`);
+    const version = check.appDesc?.version ?? "";
+    this.state = { kind: "verified", t, version };
+    this.result(MSG.END, STATUS.OK, 0, t.size, version);
   }
 
   private onActivate(): void {

@@ -36,6 +36,12 @@ export interface HostJob {
   image?: { offset: number; size: number; sha256: Uint8Array };
   /** Refuse unless the offset is the slot after the running one (the CLI's rule). */
   requireNextSlot?: boolean;
+  /**
+   * The app version the image must carry: the signed manifest's. END's RESULT names the version
+   * of the image the device decrypted and verified (§4); any other is aborted before activation
+   * (E_UART_VERSION_MISMATCH), so a manifest cannot pass an older image off as a newer one.
+   */
+  expectVersion?: string;
   /** Negotiate this baud after the handshake (default: stay at the console rate). */
   targetBaud?: number;
   /** The rate the device's console boots into (default 115200, the ESP-IDF default). */
@@ -657,9 +663,21 @@ function onResult(s: HostState, r: Result): Step {
       if (from > 0) r2.effects.push({ kind: "event", event: { kind: "resumed", from } });
       return r2;
     }
-    case "end":
+    case "end": {
       if (r.request !== MSG.END) return { state: s, effects: [] };
+      const want = s.ctx.job.expectVersion;
+      if (want !== undefined && r.detail !== want)
+        return go(
+          s,
+          {
+            kind: "aborting",
+            code: "E_UART_VERSION_MISMATCH",
+            message: `the device verified an image of version ${JSON.stringify(r.detail)}, the manifest says ${JSON.stringify(want)}`,
+          },
+          [request(MSG.ABORT), respTimer(s, Math.min(s.ctx.t.responseMs, 1000))],
+        );
       return simple(s, "activate", 1);
+    }
     case "activate":
       if (r.request !== MSG.ACTIVATE) return { state: s, effects: [] };
       return simple(s, "reboot", 1);

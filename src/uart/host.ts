@@ -4,7 +4,7 @@
  * machine's effects, reads image chunks on demand (memory per device is one chunk, not the
  * image: STYLE.md §10), and settles a promise with the outcome or a coded EspOtaError.
  */
-import { EspOtaError } from "../errors.js";
+import { EspOtaError, isEspOtaError } from "../errors.js";
 import { encodeFrame, FRAME_GAP_MS, FrameDecoder } from "./frame.js";
 import {
   type Effect,
@@ -132,7 +132,11 @@ export class HostSession {
     if (this.settled) return;
     const { state, effects } = transition(this.state, input);
     this.state = state;
-    for (const e of effects) this.perform(e);
+    for (const e of effects) {
+      // A failed event handler (below) ends the session: nothing after it is performed.
+      if (this.settled) return;
+      this.perform(e);
+    }
   }
 
   private perform(e: Effect): void {
@@ -169,7 +173,18 @@ export class HostSession {
         port.setBaud(e.baud);
         return;
       case "event":
-        this.o.onEvent?.(e.event);
+        try {
+          this.o.onEvent?.(e.event);
+        } catch (err) {
+          // The caller could not record what is about to happen (the agent's ledger before
+          // ACTIVATE): the effects after the event, such as sending ACTIVATE, must not happen.
+          this.settle();
+          this.reject(
+            isEspOtaError(err)
+              ? err
+              : new EspOtaError("E_INTERNAL", `event handler failed: ${String(err)}`, {}, err),
+          );
+        }
         return;
       case "finish":
         this.settle();

@@ -63,6 +63,22 @@ describe("LedgerStore", () => {
     for (const id of ids) expect(s.load(id).seq).toBe(3);
   });
 
+  it("saveNow is on disk when it returns, and a background write of an older snapshot never lands over it", async () => {
+    const s = store();
+    const l = newLedger("240ac4fe0007");
+    l.seq = 1;
+    const older = s.save(l); // in flight: its file is being written on the thread pool
+    l.seq = 2;
+    s.saveNow(l);
+    expect(s.load("240ac4fe0007").seq).toBe(2);
+    await older;
+    await s.flush();
+    expect(s.load("240ac4fe0007").seq).toBe(2);
+    l.seq = 3;
+    await s.save(l);
+    expect(s.load("240ac4fe0007").seq).toBe(3);
+  });
+
   it("a write that fails rejects with E_AGENT_STATE; the next one, once possible, succeeds", async () => {
     const s = store();
     const l = newLedger("240ac4fe0006");

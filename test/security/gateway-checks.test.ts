@@ -159,6 +159,7 @@ async function run(
     now: () => NOW,
     ledger: () => ledger,
     save: async (f) => f(ledger),
+    saveNow: (f) => f(ledger),
     status: async (state, extra = {}) => {
       statuses.push({
         format: 1,

@@ -33,6 +33,22 @@ describe("UART OTA over a simulated cable", () => {
     expect(st.kind === "running" && st.partition.offset).toBe(0x160000);
   });
 
+  it("refuses, before ACTIVATE, an image whose verified version is not the expected one (a manifest that lies)", async () => {
+    const r = rig({ link: { baud: 115200 } });
+    const img = nextImage("esp32", "2.0.0");
+    const res = await runFlash(r, img, { expectVersion: "9.9.9" });
+    expect(res.error?.code).toBe("E_UART_VERSION_MISMATCH");
+    expect(res.error?.message).toContain('"2.0.0"');
+    expect(res.events).not.toContainEqual({ kind: "phase", phase: "activate" });
+    expect(r.ep.transferState).toBe("idle");
+    r.ep.reset("POWERON_RESET");
+    const st = r.dev.state;
+    expect(st.kind === "running" && st.app?.version).toBe("1.0.0");
+    // The right version goes through.
+    const ok = await runFlash(rig({ link: { baud: 115200 } }), img, { expectVersion: "2.0.0" });
+    expect(ok.outcome?.kind).toBe("confirmed");
+  });
+
   it("reports a rollback when the new app refuses its self-test", async () => {
     const dev = makeDevice("esp32", sec, { behaviours: { "2.0.0": "refuses" } });
     const r = rig({ dev });
