@@ -29,6 +29,12 @@ export const agentCodes = {
     action:
       "Rebuild the release with a variant per OTA slot (`release build` does this by default), or check the device's partition table matches the registry.",
   },
+  E_AGENT_PARTITION_TABLE: {
+    meaning:
+      "The device reports a partition table (its SHA-256, in INFO) other than the one the release was built for (the manifest's partitionTableSha256): it was reflashed with another layout, or the registry entry is wrong. Nothing was sent to the device.",
+    action:
+      "Run `esp-ota device info` on the device, correct its registry entry (`esp-ota devices add --replace` with the right partition table), and rebuild the release for it.",
+  },
   E_AGENT_SLOT_MISMATCH: {
     meaning:
       "The variant for the next slot does not fit the device: its offset, label or size differs from the device's partition table.",

@@ -4,6 +4,7 @@
  * update policy (downgrades, anti-rollback). A ciphertext encrypted for another address would
  * decrypt to garbage there and not boot (esp32-facts: flash encryption is address-tweaked).
  */
+import { toHex } from "../bytes.js";
 import type { ErrorCode } from "../errors.js";
 import type { ManifestVariant, ReleaseManifest } from "../release/manifest.js";
 import type { Info } from "../uart/messages.js";
@@ -20,6 +21,18 @@ export type Selection =
   | { ok: false; code: ErrorCode; reason: string };
 
 export function selectVariant(m: ReleaseManifest, info: Info, policy: UpdatePolicy): Selection {
+  // The release was encrypted for the partition table in the registry; a device reflashed with
+  // another table (other offsets: the ciphertext would decrypt to noise) is refused here.
+  // Devices whose INFO does not carry the hash are checked by slot offset, label and size below.
+  if (info.partitionTableSha256) {
+    const device = toHex(info.partitionTableSha256);
+    if (device !== m.partitionTableSha256)
+      return {
+        ok: false,
+        code: "E_AGENT_PARTITION_TABLE",
+        reason: `the device's partition table (SHA-256 ${device.slice(0, 16)}…) is not the one the release was built for (${m.partitionTableSha256.slice(0, 16)}…)`,
+      };
+  }
   if (m.secureVersion < info.efuseSecureVersion)
     return {
       ok: false,

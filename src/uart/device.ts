@@ -17,6 +17,7 @@ import {
   findPartition,
   otaAppPartitions,
   PART_TYPE,
+  PARTITION_TABLE_MAX_LEN,
   type Partition,
 } from "../esp/partition-table.js";
 import type { SimDevice } from "../sim/device.js";
@@ -251,6 +252,15 @@ export class UartOtaDevice {
       otadata,
       appDesc,
       resume: this.readProgress(),
+      // esp_partition_get_sha256 is for partitions; the table itself: esp_flash_read (decrypted
+      // with flash encryption on, as the app's partition API reads it) into mbedtls_sha256.
+      partitionTableSha256: sha256(
+        this.dev.spi.read(
+          this.dev.spec.partitionTableOffset,
+          PARTITION_TABLE_MAX_LEN,
+          this.dev.spi.encryptionEnabled,
+        ),
+      ),
     };
   }
 

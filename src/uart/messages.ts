@@ -124,6 +124,9 @@ class Reader {
   end(): void {
     if (this.p !== this.b.length) throw new ShortPayload();
   }
+  get remaining(): number {
+    return this.b.length - this.p;
+  }
 }
 
 class ShortPayload extends Error {}
@@ -275,6 +278,12 @@ export interface Info {
   /** The running app's esp_app_desc_t, raw (256 bytes). */
   appDesc: Uint8Array;
   resume: ResumeRecord | undefined;
+  /**
+   * SHA-256 of the partition table as the app reads it (PARTITION_TABLE_MAX_LEN bytes at
+   * CONFIG_PARTITION_TABLE_OFFSET, decrypted), the value a release manifest's
+   * partitionTableSha256 names. Optional and last, so INFO without it still decodes.
+   */
+  partitionTableSha256?: Uint8Array;
 }
 
 export function encodeInfo(m: Info): Uint8Array {
@@ -298,6 +307,7 @@ export function encodeInfo(m: Info): Uint8Array {
   if (m.resume)
     w.u8(1).u32(m.resume.offset).u32(m.resume.size).bytes(m.resume.sha256).u32(m.resume.written);
   else w.u8(0);
+  if (m.partitionTableSha256) w.bytes(m.partitionTableSha256);
   return w.done();
 }
 
@@ -328,7 +338,15 @@ export function decodeInfo(b: Uint8Array): Info | undefined {
       r.u8() === 1
         ? { offset: r.u32(), size: r.u32(), sha256: r.bytes(32), written: r.u32() }
         : undefined;
-    return { ...head, slots, otadata, appDesc, resume };
+    const partitionTableSha256 = r.remaining > 0 ? r.bytes(32) : undefined;
+    return {
+      ...head,
+      slots,
+      otadata,
+      appDesc,
+      resume,
+      ...(partitionTableSha256 ? { partitionTableSha256 } : {}),
+    };
   });
 }
 

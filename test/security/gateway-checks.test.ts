@@ -16,6 +16,7 @@ import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { DeviceLink } from "../../agent/link.js";
 import { runUpdate, type UpdateHost, type UpdateSettings } from "../../agent/update.js";
+import { toHex } from "../../src/bytes.js";
 import { deviceIdOf } from "../../src/gateway/device-view.js";
 import { type DeviceLedger, newLedger } from "../../src/gateway/ledger.js";
 import type { DeviceStatus, UpdateNotice } from "../../src/mqtt/messages.js";
@@ -74,7 +75,7 @@ function manifest(dir: string, over: Partial<ReleaseManifest> = {}): ReleaseMani
     releaseId: dir,
     deviceId,
     chip: "esp32",
-    partitionTableSha256: "00".repeat(32),
+    partitionTableSha256: toHex(info.partitionTableSha256!),
     project: "sim-test",
     version: "2.0.0",
     secureVersion: 0,

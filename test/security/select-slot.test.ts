@@ -4,7 +4,10 @@
  * sent (docs/security.md). The device's own anti-rollback is tested in test/sim/device.test.ts;
  * this is the gateway's check, which also holds for apps the eFuse would still accept.
  */
+import { sha256 } from "@noble/hashes/sha2.js";
 import { describe, expect, it } from "vitest";
+import { toHex } from "../../src/bytes.js";
+import { PARTITION_TABLE_MAX_LEN } from "../../src/esp/partition-table.js";
 import { selectVariant } from "../../src/gateway/select.js";
 import type { ManifestVariant, ReleaseManifest } from "../../src/release/manifest.js";
 import type { SimDevice } from "../../src/sim/device.js";
@@ -51,7 +54,7 @@ function manifest(
     releaseId: `sim-test-${version}`,
     deviceId: "240ac4000001",
     chip: "esp32",
-    partitionTableSha256: "00".repeat(32),
+    partitionTableSha256: TABLE_SHA256,
     project: "sim-test",
     version,
     secureVersion,
@@ -61,6 +64,12 @@ function manifest(
     variants: variants ?? [variant("ota_0", OTA0), variant("ota_1", OTA1)],
   };
 }
+
+/** SHA-256 of the simulated devices' partition table, as their INFO reports it. */
+const TABLE_SHA256 = (() => {
+  const d = device(false);
+  return toHex(sha256(d.spi.read(0x8000, PARTITION_TABLE_MAX_LEN, d.spi.encryptionEnabled)));
+})();
 
 const strict = { allowDowngrade: false };
 const lax = { allowDowngrade: true };
@@ -119,6 +128,18 @@ describe("selectSlot on a device running 1.4.0 (secure_version 2) from ota_0", (
       strict,
     );
     expect(sel).toMatchObject({ ok: false, code: "E_AGENT_NO_VARIANT" });
+  });
+
+  it("wrong layout: a release built for another partition table is refused (E_AGENT_PARTITION_TABLE); a device that does not report its table is checked by slot alone", async () => {
+    const info = await infoOf(device(true));
+    expect(info.partitionTableSha256 && toHex(info.partitionTableSha256)).toBe(TABLE_SHA256);
+    const other = { ...manifest("1.5.0", 2), partitionTableSha256: "11".repeat(32) };
+    expect(selectVariant(other, info, strict)).toMatchObject({
+      ok: false,
+      code: "E_AGENT_PARTITION_TABLE",
+    });
+    const { partitionTableSha256: _, ...older } = info;
+    expect(selectVariant(other, older, strict)).toMatchObject({ ok: true });
   });
 
   it("wrong slot: a variant at the next slot's offset but for another label or larger than the slot is refused (E_AGENT_SLOT_MISMATCH)", async () => {

@@ -116,6 +116,12 @@ describe("message codecs", () => {
       written: 4096,
     };
     expect(decodeInfo(encodeInfo({ ...base, resume }))).toEqual({ ...base, resume });
+    // The partition table's SHA-256: optional and last, so INFO without it still decodes.
+    const partitionTableSha256 = new Uint8Array(32).fill(9);
+    const withTable = { ...base, resume, partitionTableSha256 };
+    const bytes = encodeInfo(withTable);
+    expect(decodeInfo(bytes)).toEqual(withTable);
+    expect(decodeInfo(bytes.subarray(0, bytes.length - 1))).toBeUndefined();
   });
 
   it("random payloads decode to undefined or a value, never throw", () => {
