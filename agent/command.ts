@@ -28,6 +28,11 @@ export function registerAgent(program: Command, ctx: CliContext): void {
       const { config, warnings } = loadAgentConfig(resolve(ctx.cwd, o.config));
       const log = createLogger((o.logLevel ?? config.log.level) as LogLevel);
       for (const w of warnings) log.warn({ key: w.path }, w.message);
+      if (config.download.allowedUrls.length === 0)
+        log.warn(
+          { key: "download.allowedUrls" },
+          "download.allowedUrls is empty: a notice can make this gateway request any http(s) URL; list your image servers' URL prefixes there (docs/security.md, G6)",
+        );
       const a = new Agent({ config, log });
       await a.start();
       await new Promise<void>((done) => {

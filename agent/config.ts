@@ -25,7 +25,11 @@ import {
   parseDocument,
   type Node as YamlNode,
 } from "yaml";
-import { DEFAULT_LIMITS, type DownloadLimits } from "../src/download/policy.js";
+import {
+  allowListEntryProblem,
+  DEFAULT_LIMITS,
+  type DownloadLimits,
+} from "../src/download/policy.js";
 import { EspOtaError } from "../src/errors.js";
 import { KEY_ID_PATTERN, parseTrustPolicy, type TrustPolicy } from "../src/release/keyring.js";
 
@@ -76,7 +80,12 @@ export interface AgentConfig {
   stateDir: string;
   stagingDir: string;
   /** The downloader's limits (src/download/policy.ts), plus how many run at once and a pinned CA. */
-  download: DownloadLimits & { maxConcurrent: number; ca?: string };
+  download: DownloadLimits & {
+    maxConcurrent: number;
+    ca?: string;
+    /** URL prefixes manifests and images may come from (urlAllowed); empty: any http(s) URL. */
+    allowedUrls: string[];
+  };
   policy: {
     allowDowngrade: boolean;
     confirmTimeoutMs: number;
@@ -126,7 +135,9 @@ export const CONFIG_DEFAULTS = {
   },
   stateDir: "./state",
   // The downloader's own defaults (their reasons are in src/download/policy.ts).
-  download: { ...DEFAULT_LIMITS, maxConcurrent: 4 },
+  // allowedUrls: [] keeps a first configuration working with any image server; the agent warns
+  // at start that notices can then make it fetch any URL (docs/security.md, G6).
+  download: { ...DEFAULT_LIMITS, maxConcurrent: 4, allowedUrls: [] as string[] },
   policy: {
     allowDowngrade: false,
     confirmTimeoutMs: 60_000,
@@ -390,6 +401,13 @@ const ConfigFileSchema = Type.Object(
             count("Downloads at once", CONFIG_DEFAULTS.download.maxConcurrent, 1, 64),
           ),
           ca: Type.Optional(filePath("Extra CA certificate(s) for https image/manifest URLs")),
+          allowedUrls: Type.Optional(
+            Type.Array(Type.String({ minLength: 1 }), {
+              default: [],
+              description:
+                "URL prefixes (scheme, host, port and path start) manifests, images and their redirects may come from; any other URL is never requested (E_DOWNLOAD_URL_NOT_ALLOWED). Empty: any http(s) URL",
+            }),
+          ),
         },
         { additionalProperties: false },
       ),
@@ -1087,6 +1105,11 @@ class Validation {
     const d = f.download;
     if (!isObj(d)) return;
     if (typeof d.ca === "string") this.checkFileExists(["download", "ca"], d.ca);
+    if (Array.isArray(d.allowedUrls))
+      d.allowedUrls.forEach((prefix, i) => {
+        const problem = typeof prefix === "string" ? allowListEntryProblem(prefix) : undefined;
+        if (problem) this.error(["download", "allowedUrls", i], problem);
+      });
     const num = (k: keyof AgentConfig["download"]) => {
       const v = d[k] ?? CONFIG_DEFAULTS.download[k as keyof typeof CONFIG_DEFAULTS.download];
       return typeof v === "number" ? v : undefined;

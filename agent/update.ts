@@ -51,7 +51,7 @@ import type { DeviceLink } from "./link.js";
 export interface UpdateSettings {
   trust: TrustPolicy;
   policy: UpdatePolicy & { confirmTimeoutMs: number; maxManifestBytes: number };
-  download: Partial<DownloadLimits>;
+  download: Partial<DownloadLimits> & { allowedUrls?: readonly string[] };
   tls?: TlsPinning;
   stagingDir: string;
   /** Transfer attempts on a transient UART failure (each resumes where the device stopped). */
@@ -179,6 +179,9 @@ export async function runUpdate(h: UpdateHost): Promise<RunResult> {
             limits: h.settings.download,
             ...(h.settings.tls ? { tls: h.settings.tls } : {}),
             hooks: { signal: h.signal },
+            ...(h.settings.download.allowedUrls
+              ? { allowedUrls: h.settings.download.allowedUrls }
+              : {}),
           }),
         )
         .catch(fail);
@@ -251,7 +254,15 @@ export async function runUpdate(h: UpdateHost): Promise<RunResult> {
       await h
         .downloadSlot(() =>
           downloadImage(
-            { urls: variant.urls, size: variant.size, sha256: variant.sha256, dest: staging },
+            {
+              urls: variant.urls,
+              size: variant.size,
+              sha256: variant.sha256,
+              dest: staging,
+              ...(h.settings.download.allowedUrls
+                ? { allowedUrls: h.settings.download.allowedUrls }
+                : {}),
+            },
             h.settings.download,
             h.settings.tls,
             {

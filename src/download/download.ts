@@ -23,6 +23,7 @@ import {
   type FailureCode,
   redactUrl,
   resolveLimits,
+  urlAllowed,
 } from "./policy.js";
 import { RateFloor } from "./rate.js";
 import { StagingFile } from "./staging.js";
@@ -33,6 +34,8 @@ export { backoffDelay, DEFAULT_LIMITS, type DownloadLimits } from "./policy.js";
 export interface ImageDownload {
   /** Mirrors, in order of preference. */
   urls: readonly string[];
+  /** URL prefixes the mirrors and their redirects must be under (urlAllowed); default: any. */
+  allowedUrls?: readonly string[];
   /** The exact size from the signed manifest: never more is accepted or written. */
   size: number;
   /** Lowercase hex SHA-256 from the signed manifest. */
@@ -139,6 +142,7 @@ export async function downloadImage(
       hooks,
       () => file.offset,
       (ctx) => imageAttempt(ctx, file, d, hooks, mismatchRetried),
+      d.allowedUrls,
     );
     outcome = "done";
     Object.assign(at, { url: redactUrl(r.url), bytes: d.size, attempt: r.attempts });
@@ -165,6 +169,8 @@ export async function fetchDocument(
     limits?: Partial<DownloadLimits>;
     tls?: TlsPinning;
     hooks?: DownloadHooks;
+    /** URL prefixes the mirrors and their redirects must be under (urlAllowed); default: any. */
+    allowedUrls?: readonly string[];
   } = {},
 ): Promise<{ bytes: Uint8Array; url: string }> {
   const maxBytes = o.maxBytes ?? DEFAULT_MAX_DOCUMENT_BYTES;
@@ -186,6 +192,7 @@ export async function fetchDocument(
         bytes = n;
       });
     },
+    o.allowedUrls,
   );
   return { bytes: r.value, url: r.url };
 }
@@ -202,6 +209,8 @@ interface AttemptContext {
   url: string;
   /** The URL as it may be logged and stored (redactUrl). */
   key: string;
+  /** download.allowedUrls: every redirect hop must be under one (empty: any). */
+  allowed: readonly string[];
   dispatcher: Agent;
   signal: AbortSignal;
   /** Aborts the request; the attempt then fails with this code (first reason wins). */
@@ -248,7 +257,7 @@ async function imageAttempt(
   let phase: "head" | "body" = "head";
   let res: Response | undefined;
   try {
-    res = await get(ctx.dispatcher, ctx.url, headers, ctx.signal);
+    res = await get(ctx.dispatcher, ctx.url, headers, ctx.signal, ctx.allowed);
     const dec = decideImageResponse(d.size, offset, res.status, res.headers, Date.now());
     if (dec.kind !== "accept") discard(res.body);
     if (dec.kind === "fail")
@@ -301,7 +310,7 @@ async function documentAttempt(
   let phase: "head" | "body" = "head";
   let res: Response | undefined;
   try {
-    res = await get(ctx.dispatcher, ctx.url, {}, ctx.signal);
+    res = await get(ctx.dispatcher, ctx.url, {}, ctx.signal, ctx.allowed);
     const dec = decideDocumentResponse(maxBytes, res.status, res.headers, Date.now());
     if (dec.kind === "fail") {
       discard(res.body);
@@ -391,6 +400,7 @@ async function acrossMirrors<T>(
   hooks: DownloadHooks,
   bytes: () => number,
   attempt: (ctx: AttemptContext) => Promise<AttemptResult<T>>,
+  allowed: readonly string[] = [],
 ): Promise<{ value: T; url: string; attempts: number }> {
   const random = hooks.random ?? Math.random;
   const sleep = hooks.sleep ?? defaultSleep;
@@ -426,6 +436,12 @@ async function acrossMirrors<T>(
       const valid = checkUrl(url);
       if (!valid.ok) {
         last = withContext(new EspOtaError("E_DOWNLOAD_URL", valid.reason), here());
+      } else if (!urlAllowed(url, allowed)) {
+        // Never requested: a notice must not make the gateway reach an arbitrary server.
+        last = withContext(
+          new EspOtaError("E_DOWNLOAD_URL_NOT_ALLOWED", `${key} is not under download.allowedUrls`),
+          here(),
+        );
       } else {
         let failures = 0;
         for (;;) {
@@ -434,10 +450,17 @@ async function acrossMirrors<T>(
           let result: AttemptResult<T> | undefined;
           let err: EspOtaError | undefined;
           try {
-            result = await runAttempt(url, key, dispatcher, lim, user, deadline.signal, attempt, {
-              cancelled,
-              timedOut,
-            });
+            result = await runAttempt(
+              url,
+              key,
+              dispatcher,
+              lim,
+              user,
+              deadline.signal,
+              attempt,
+              { cancelled, timedOut },
+              allowed,
+            );
           } catch (e) {
             err = withContext(asEspOtaError(e), here());
           }
@@ -499,6 +522,7 @@ async function runAttempt<T>(
   deadline: AbortSignal,
   attempt: (ctx: AttemptContext) => Promise<AttemptResult<T>>,
   errors: { cancelled(): EspOtaError; timedOut(): EspOtaError },
+  allowed: readonly string[],
 ): Promise<AttemptResult<T>> {
   const ac = new AbortController();
   let why: (() => EspOtaError) | undefined;
@@ -539,6 +563,7 @@ async function runAttempt<T>(
   const ctx: AttemptContext = {
     url,
     key,
+    allowed,
     dispatcher,
     signal: ac.signal,
     abort: (code, reason) => abort(() => new EspOtaError(code, reason)),

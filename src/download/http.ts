@@ -7,7 +7,7 @@
  */
 import { Agent, type Dispatcher, request } from "undici";
 import { EspOtaError } from "../errors.js";
-import { type DownloadLimits, header, redactUrl, redirectTarget } from "./policy.js";
+import { type DownloadLimits, header, redactUrl, redirectTarget, urlAllowed } from "./policy.js";
 
 /** TLS trust for downloads. */
 export interface TlsPinning {
@@ -49,13 +49,16 @@ export interface Response {
 
 /**
  * GET `url`, following redirects. `headers` are sent to every hop (Range must reach the server
- * that has the file). A refused redirect throws E_DOWNLOAD_REDIRECT.
+ * that has the file). A refused redirect throws E_DOWNLOAD_REDIRECT, one to a URL outside
+ * `allowed` E_DOWNLOAD_URL_NOT_ALLOWED.
  */
 export async function get(
   dispatcher: Dispatcher,
   url: string,
   headers: Readonly<Record<string, string>>,
   signal: AbortSignal,
+  /** URL prefixes every hop must be under (urlAllowed); empty or absent: any. */
+  allowed: readonly string[] = [],
 ): Promise<Response> {
   let at = url;
   for (let hops = 0; ; hops++) {
@@ -74,6 +77,13 @@ export async function get(
       throw new EspOtaError(next.code, `${next.reason} (at ${redactUrl(at)})`, {
         status: res.statusCode,
       });
+    // Checked before the request, so a server on the list cannot send us to one that is not.
+    if (!urlAllowed(next.url, allowed))
+      throw new EspOtaError(
+        "E_DOWNLOAD_URL_NOT_ALLOWED",
+        `${redactUrl(at)} redirects to ${redactUrl(next.url)}, which is not under download.allowedUrls`,
+        { status: res.statusCode },
+      );
     at = next.url;
   }
 }

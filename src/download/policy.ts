@@ -381,6 +381,55 @@ export function checkUrl(url: string): { ok: true; url: URL } | { ok: false; rea
 }
 
 /**
+ * Why `prefix` cannot be an entry of an allow-list of URL prefixes, or undefined when it can: an
+ * absolute http(s) URL with a host, without user info, query or fragment.
+ */
+export function allowListEntryProblem(prefix: string): string | undefined {
+  let u: URL;
+  try {
+    u = new URL(prefix);
+  } catch {
+    return "not an absolute URL";
+  }
+  if (u.protocol !== "http:" && u.protocol !== "https:")
+    return `${u.protocol} URLs are never fetched (only http and https)`;
+  if (u.hostname === "") return "no host";
+  if (u.username !== "" || u.password !== "") return "a prefix has no user name or password";
+  if (u.search !== "" || u.hash !== "") return "a prefix has no query or fragment";
+  return undefined;
+}
+
+/**
+ * Whether `url` may be fetched under an allow-list of URL prefixes (the agent's
+ * download.allowedUrls; empty: any http(s) URL). Compared after WHATWG URL parsing, so tricks in
+ * the text do not count: the origin (scheme, host, port) must equal an entry's, and the
+ * normalised path (dot segments resolved, percent-encoding as the parser leaves it) must start
+ * with the entry's path. `https://updates.example.com@evil.example/` is judged by its real host,
+ * and a URL with user info is never allowed by a non-empty list. End a directory prefix with
+ * "/": `https://h/fw` also allows `https://h/fwx/...`.
+ */
+export function urlAllowed(url: string, prefixes: readonly string[]): boolean {
+  if (prefixes.length === 0) return true;
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    return false;
+  }
+  if (u.username !== "" || u.password !== "") return false;
+  for (const prefix of prefixes) {
+    let p: URL;
+    try {
+      p = new URL(prefix);
+    } catch {
+      continue;
+    }
+    if (u.origin === p.origin && u.pathname.startsWith(p.pathname)) return true;
+  }
+  return false;
+}
+
+/**
  * A URL as it may appear in logs, errors and the sidecar: no user name or password, and the query
  * replaced (pre-signed CDN URLs carry a bearer signature there). Two URLs of one object that
  * differ only in their signature redact to the same string, which is what resume wants.
@@ -408,6 +457,7 @@ export const DOWNLOAD_CODE_ACTION: Readonly<Record<FailureCode, NextStep>> = {
   E_DOWNLOAD_SERVER: "retry",
   // The mirror answers, but with something retrying will not change.
   E_DOWNLOAD_URL: "next-mirror",
+  E_DOWNLOAD_URL_NOT_ALLOWED: "next-mirror",
   E_DOWNLOAD_TLS: "next-mirror",
   E_DOWNLOAD_HTTP: "next-mirror",
   E_DOWNLOAD_REDIRECT: "next-mirror",

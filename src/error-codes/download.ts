@@ -12,6 +12,12 @@ export const downloadCodes = {
     action:
       "Fix the URL in the release (`esp-ota release build` writes the manifest's URLs) or in the notice; only http and https are fetched.",
   },
+  E_DOWNLOAD_URL_NOT_ALLOWED: {
+    meaning:
+      "A download URL, or a redirect from one, is not under any prefix of the gateway's download.allowedUrls. Nothing was requested from it; that mirror is skipped.",
+    action:
+      "If the server is yours, add its URL prefix to download.allowedUrls in the gateway config; otherwise the notice (or the manifest) points somewhere it should not: check who published it.",
+  },
   E_DOWNLOAD_CONNECT: {
     meaning:
       "No connection to the server: refused, the name does not resolve, no route, or no TCP/TLS handshake within download.connectTimeoutMs. Retried with backoff.",

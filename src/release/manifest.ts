@@ -329,7 +329,17 @@ export function verifyManifest(
         typeof input === "string" ? input : new TextDecoder("utf-8", { fatal: true }).decode(input);
       doc = JSON.parse(text);
     } catch (e) {
-      return fail("E_MANIFEST_JSON", `not JSON: ${(e as Error).message}`);
+      // Not V8's message: it quotes the text, and this reason reaches the device's status, so a
+      // notice pointing at some internal page would echo its first bytes (docs/security.md, G6).
+      const at = /position (\d+)/.exec((e as Error).message)?.[1];
+      const size =
+        typeof input === "string" ? `${input.length} characters` : `${input.length} bytes`;
+      return fail(
+        "E_MANIFEST_JSON",
+        e instanceof SyntaxError
+          ? `not JSON (${size}${at !== undefined ? `; invalid at position ${at}` : ""})`
+          : `not UTF-8 text (${size})`,
+      );
     }
   }
   const envelopeProblem = describeError(SignedManifestSchema, doc, "manifest");

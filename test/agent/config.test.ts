@@ -222,6 +222,22 @@ describe("agent config: secrets", () => {
     expect(env.config!.mqtt.password).toBe("from-env");
   });
 
+  it("download.allowedUrls: absolute http(s) prefixes, each bad entry reported at its line", () => {
+    const ok = parse(
+      `${MINIMAL}download:\n  allowedUrls:\n    - https://updates.example.com/fw/\n`,
+    );
+    expect(ok.problems).toEqual([]);
+    expect(ok.config!.download.allowedUrls).toEqual(["https://updates.example.com/fw/"]);
+    expect(parse(MINIMAL).config!.download.allowedUrls).toEqual([]);
+    const bad = parse(
+      `${MINIMAL}download:\n  allowedUrls:\n    - https://updates.example.com/\n    - updates.example.com\n    - https://u:p@h.example/\n`,
+    );
+    expect(bad.problems.map((p) => [p.severity, p.path])).toEqual([
+      ["error", "download.allowedUrls[1]"],
+      ["error", "download.allowedUrls[2]"],
+    ]);
+  });
+
   it("a literal password works but is warned about, and no message ever shows it", () => {
     const r = parse(`${MINIMAL}mqtt:\n  username: u\n  password: 0123hunter2\n`);
     expect(r.config!.mqtt.password).toBe("0123hunter2");

@@ -532,6 +532,50 @@ describe("downloadImage over https with a pinned CA", () => {
   );
 });
 
+describe("download.allowedUrls", () => {
+  it("a mirror outside the list is never requested; the next one, inside, is used", async () => {
+    const outside = await server((req, res) => sendFile(req, res, BODY));
+    const inside = await server((req, res) => sendFile(req, res, BODY));
+    const r0 = retries();
+    const r = await downloadImage(
+      {
+        ...image([outside.url("/a.bin"), inside.url("/fw/a.bin")]),
+        allowedUrls: [inside.url("/fw/")],
+      },
+      FAST,
+      undefined,
+      r0,
+    );
+    expect(r.url).toBe(inside.url("/fw/a.bin"));
+    expect(outside.hits).toHaveLength(0);
+    expect(r0.seen[0]?.code).toBe("E_DOWNLOAD_URL_NOT_ALLOWED");
+  });
+
+  it("a redirect from an allowed server to one outside the list is not followed", async () => {
+    const target = await server((req, res) => sendFile(req, res, BODY));
+    const redirecting = await server((_req, res) => {
+      res.writeHead(302, { Location: target.url("/elsewhere.bin"), "Content-Length": "0" });
+      res.end();
+    });
+    const e = await failure(
+      fetchDocument([redirecting.url("/m.json")], {
+        limits: FAST,
+        allowedUrls: [redirecting.url("/")],
+      }),
+    );
+    expect(e.code).toBe("E_DOWNLOAD_FAILED");
+    expect(e.context.codes).toBe("E_DOWNLOAD_URL_NOT_ALLOWED");
+    expect(redirecting.hits).toHaveLength(1);
+    expect(target.hits).toHaveLength(0);
+    // Allowed too: followed.
+    const ok = await fetchDocument([redirecting.url("/m.json")], {
+      limits: FAST,
+      allowedUrls: [redirecting.url("/"), target.url("/")],
+    });
+    expect(ok.bytes).toEqual(BODY);
+  });
+});
+
 describe("fetchDocument", () => {
   const DOC = new TextEncoder().encode('{"format":1,"releaseId":"r1"}\n');
 

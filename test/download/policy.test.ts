@@ -6,6 +6,7 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import {
+  allowListEntryProblem,
   backoffDelay,
   checkUrl,
   classifyTransportError,
@@ -20,6 +21,7 @@ import {
   redirectTarget,
   resolveLimits,
   strongEtag,
+  urlAllowed,
 } from "../../src/download/policy.js";
 import { RateFloor } from "../../src/download/rate.js";
 import { downloadCodes } from "../../src/error-codes/download.js";
@@ -337,6 +339,61 @@ describe("redirects and URLs", () => {
       "https://cdn.example:8443/a.bin?(query)",
     );
     expect(redactUrl("http://h/a.bin")).toBe("http://h/a.bin");
+  });
+});
+
+describe("urlAllowed (download.allowedUrls)", () => {
+  const list = ["https://updates.example.com/fw/", "http://10.0.0.5:8080/"];
+
+  it("allows only URLs under an entry: same origin, path starting with the entry's", () => {
+    const yes = [
+      "https://updates.example.com/fw/a.bin",
+      "https://UPDATES.example.com:443/fw/x/../b.bin",
+      "http://10.0.0.5:8080/anything?sig=1",
+    ];
+    const no = [
+      "https://updates.example.com/fwx/a.bin",
+      "https://updates.example.com/fw/../secret",
+      "https://updates.example.com.evil.example/fw/a.bin",
+      "https://updates.example.com@evil.example/fw/a.bin",
+      "https://user@updates.example.com/fw/a.bin",
+      "https://updates.example.com:444/fw/a.bin",
+      "http://updates.example.com/fw/a.bin",
+      "http://10.0.0.5/",
+      "http://10.0.0.5:8081/",
+      "file:///etc/passwd",
+      "not a url",
+    ];
+    for (const u of yes) expect([u, urlAllowed(u, list)]).toEqual([u, true]);
+    for (const u of no) expect([u, urlAllowed(u, list)]).toEqual([u, false]);
+    expect(urlAllowed("http://anywhere.example/x", [])).toBe(true);
+  });
+
+  it("property: any URL on another host, or on a path outside the entry, is refused", () => {
+    const label = fc.stringMatching(/^[a-z][a-z0-9-]{0,10}$/);
+    const seg = fc.stringMatching(/^[a-zA-Z0-9._~%-]{1,8}$/);
+    fc.assert(
+      fc.property(label, fc.array(seg, { maxLength: 4 }), (host, path) => {
+        const u = `https://${host}.example.org/${path.join("/")}`;
+        const onHost = urlAllowed(u, [`https://${host}.example.org/`]);
+        const other = urlAllowed(u, [`https://${host}x.example.org/`]);
+        const parsed = new URL(u).pathname;
+        const under = urlAllowed(u, ["https://" + host + ".example.org/only/"]);
+        return onHost && !other && under === parsed.startsWith("/only/");
+      }),
+    );
+  });
+
+  it("allowListEntryProblem: absolute http(s) URLs without user info, query or fragment", () => {
+    expect(allowListEntryProblem("https://updates.example.com/fw/")).toBeUndefined();
+    for (const bad of [
+      "updates.example.com/fw/",
+      "ftp://updates.example.com/",
+      "https://u:p@updates.example.com/",
+      "https://updates.example.com/?a=1",
+      "https://updates.example.com/#x",
+    ])
+      expect([bad, allowListEntryProblem(bad)]).not.toEqual([bad, undefined]);
   });
 });
 

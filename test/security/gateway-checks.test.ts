@@ -125,6 +125,7 @@ async function run(
   notice: Partial<UpdateNotice> & { releaseId: string },
   ledger: DeviceLedger = newLedger(deviceId),
   policy: TrustPolicy = trust,
+  allowedUrls?: string[],
 ): Promise<Run> {
   const n: UpdateNotice = {
     format: 1,
@@ -149,7 +150,13 @@ async function run(
   const settings: UpdateSettings = {
     trust: policy,
     policy: { allowDowngrade: false, confirmTimeoutMs: 1000, maxManifestBytes: 65536 },
-    download: { retries: 0, backoffBaseMs: 1, backoffMaxMs: 1, totalTimeoutMs: 20_000 },
+    download: {
+      retries: 0,
+      backoffBaseMs: 1,
+      backoffMaxMs: 1,
+      totalTimeoutMs: 20_000,
+      ...(allowedUrls ? { allowedUrls } : {}),
+    },
     stagingDir: staging,
     transferAttempts: 1,
   };
@@ -242,6 +249,8 @@ describe("every refusal happens before a byte goes to the device", () => {
     code: string;
     /** A code the E_DOWNLOAD_FAILED message must name (the mirror's own failure). */
     mirrorCode?: string;
+    /** download.allowedUrls ("PLACEHOLDER/" is the release server). */
+    allowedUrls?: string[];
   }[] = [
     {
       attack: "arbitrary software: signed by one trusted key and one the policy does not list",
@@ -289,6 +298,15 @@ describe("every refusal happens before a byte goes to the device", () => {
       mirrorCode: "E_DOWNLOAD_HASH_MISMATCH",
     },
     {
+      attack:
+        "server-side request forgery: a notice naming a URL outside download.allowedUrls is never requested",
+      notice: { releaseId: "good", manifestUrls: ["http://169.254.169.254/latest/meta-data/"] },
+      allowedUrls: ["PLACEHOLDER/"],
+      step: "fetchManifest",
+      code: "E_DOWNLOAD_FAILED",
+      mirrorCode: "E_DOWNLOAD_URL_NOT_ALLOWED",
+    },
+    {
       attack: "endless data: a manifest URL whose body goes past policy.maxManifestBytes",
       notice: { releaseId: "huge" },
       step: "fetchManifest",
@@ -306,7 +324,8 @@ describe("every refusal happens before a byte goes to the device", () => {
       };
       const ledger = row.ledger?.() ?? newLedger(deviceId);
       const markBefore = structuredClone(ledger.highWater);
-      const r = await run(notice, ledger);
+      const allowed = row.allowedUrls?.map((u) => u.replace("PLACEHOLDER/", base));
+      const r = await run(notice, ledger, trust, allowed);
       expect(r.final.state).toBe("failed");
       if (row.mirrorCode) {
         // A download that failed on every mirror the same way reports that mirror's code;
