@@ -31,11 +31,14 @@ import {
   parseMessage,
   type UpdateNotice,
 } from "../src/mqtt/messages.js";
+import { signStatus } from "../src/mqtt/status-auth.js";
 import { parseTopic, type Topics, topics } from "../src/mqtt/topics.js";
+import type { ManifestSigningKey } from "../src/release/keyring.js";
 import { readTrustPolicy } from "../src/release/keyring-fs.js";
 import type { Info } from "../src/uart/messages.js";
 import { VERSION } from "../src/version.js";
 import type { AgentConfig } from "./config.js";
+import { loadOrCreateGatewayKey } from "./gateway-key.js";
 import { DeviceLink, type LinkOptions } from "./link.js";
 import { PortWatcher } from "./ports.js";
 import { LedgerStore } from "./store.js";
@@ -114,6 +117,8 @@ export class Agent {
   private readonly updates: Semaphore;
   private readonly downloads: Semaphore;
   private readonly settings: UpdateSettings;
+  /** Signs every status (agent/gateway-key.ts); its identity is `esp-ota agent key`. */
+  private readonly statusKey: ManifestSigningKey;
   private stopCommands: (() => Promise<void>) | undefined;
   private logTimer: NodeJS.Timeout | undefined;
   private stopping = false;
@@ -126,6 +131,13 @@ export class Agent {
     this.now = o.now ?? (() => new Date());
     this.startedAt = this.now().toISOString();
     this.store = new LedgerStore(c.stateDir);
+    const gatewayKey = loadOrCreateGatewayKey(c.stateDir);
+    this.statusKey = gatewayKey.key;
+    if (gatewayKey.created)
+      this.log.info(
+        { keyId: gatewayKey.key.keyId, path: gatewayKey.path },
+        "created the gateway's status-signing key; register it with `esp-ota agent key` and `esp-ota gateways add`",
+      );
     mkdirSync(c.stagingDir, { recursive: true, mode: 0o700 });
     this.updates = new Semaphore(c.policy.maxConcurrentUpdates);
     this.downloads = new Semaphore(c.download.maxConcurrent);
@@ -530,16 +542,19 @@ export class Agent {
       );
       return;
     }
+    // Signed by this gateway (docs/security.md G1), so a rollout run with --gateways can tell it
+    // from a forgery; the ledger keeps the signed form, which is what a restart republishes.
+    const signed = signStatus(st, this.statusKey);
     await this.save(deviceId, (x) => {
-      x.seq = st.seq;
-      x.lastStatus = st;
+      x.seq = signed.seq;
+      x.lastStatus = signed;
       if (isFinalState(state) && job) {
         x.lastFinal = { releaseId: job.notice.releaseId, state: state as FinalState, at: now };
         x.lastNotice = job.notice;
         x.job = undefined;
       }
     });
-    await this.publishStatus(st);
+    await this.publishStatus(signed);
   }
 
   private async publishStatus(st: DeviceStatus): Promise<void> {

@@ -8,7 +8,9 @@ import { fileURLToPath } from "node:url";
 import type { Command } from "commander";
 import type { CliContext } from "../src/cli/context.js";
 import { EspOtaError } from "../src/errors.js";
+import { gatewayIdentity } from "../src/mqtt/status-auth.js";
 import { type AgentConfig, AgentConfigError, formatProblem, loadAgentConfig } from "./config.js";
+import { loadOrCreateGatewayKey } from "./gateway-key.js";
 
 /**
  * agent/gateway.example.yaml. tsc does not copy it into dist/, so from dist/agent/*.js it is
@@ -65,6 +67,19 @@ export function registerAgentConfigCommands(agentCmd: Command, ctx: CliContext):
       const n = loaded.warnings.length;
       ctx.print(`ok ${o.config}${n > 0 ? ` (${n} warning${n === 1 ? "" : "s"})` : ""}`);
       if (o.print) ctx.print(JSON.stringify(redactedConfig(loaded.config), null, 2));
+    });
+
+  agentCmd
+    .command("key")
+    .description(
+      "Print this gateway's public identity for signed statuses (one JSON line: gatewayId, alg, keyId, publicKey), creating its key in stateDir when there is none. Add it on the operator's machine with `esp-ota gateways add FILE --identity '<line>'`.",
+    )
+    .requiredOption("--config <file>", "the gateway configuration (YAML)")
+    .action((o: { config: string }) => {
+      const { config } = loadAgentConfig(o.config, { cwd: ctx.cwd });
+      const { key, created, path } = loadOrCreateGatewayKey(config.stateDir);
+      if (created) ctx.note(`created the gateway's status-signing key ${path}`);
+      ctx.print(JSON.stringify(gatewayIdentity(config.gatewayId, key)));
     });
 
   agentCmd

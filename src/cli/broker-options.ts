@@ -6,6 +6,7 @@
 import { hostname } from "node:os";
 import { type Command, InvalidArgumentError, Option } from "commander";
 import { connectMqtt, type MqttClient } from "../mqtt/client.js";
+import { type GatewayTrust, gatewayTrust, parseGatewaysFile } from "../mqtt/status-auth.js";
 import { checkPrefix, DEFAULT_PREFIX } from "../mqtt/topics.js";
 import { choice } from "./args.js";
 import type { CliContext } from "./context.js";
@@ -17,6 +18,7 @@ export interface BrokerCliOptions {
   passwordFile?: string;
   ca?: string;
   mqttVersion?: "4" | "5";
+  gateways?: string;
 }
 
 export function addBrokerOptions(cmd: Command): Command {
@@ -41,6 +43,10 @@ export function addBrokerOptions(cmd: Command): Command {
     .option("--username <name>", "broker user name")
     .option("--password-file <file>", "file holding the broker password (trailing newline removed)")
     .option("--ca <file>", "PEM CA bundle the broker's certificate must chain to (mqtts, wss)")
+    .option(
+      "--gateways <file>",
+      "gateways file (`esp-ota gateways add`): only statuses signed by the gateway they name count; others are ignored with a warning. Default: statuses are not authenticated",
+    )
     .addOption(
       new Option(
         "--mqtt-version <v>",
@@ -67,4 +73,13 @@ export function connectFromCli(
     ...(o.ca === undefined ? {} : { ca: ctx.readFile(o.ca) }),
     ...(o.mqttVersion === undefined ? {} : { protocolVersion: o.mqttVersion === "4" ? 4 : 5 }),
   });
+}
+
+/**
+ * The gateways whose signed statuses count (`--gateways FILE`; E_MQTT_GATEWAYS_FILE when it is
+ * not valid), or undefined when the option is absent.
+ */
+export function gatewaysFromCli(ctx: CliContext, o: BrokerCliOptions): GatewayTrust | undefined {
+  if (o.gateways === undefined) return undefined;
+  return gatewayTrust(parseGatewaysFile(ctx.readText(o.gateways)));
 }

@@ -7,6 +7,7 @@ import { VERSION } from "../version.js";
 import { registerChaos } from "./commands/chaos.js";
 import { registerDevice } from "./commands/device.js";
 import { registerDevices } from "./commands/devices.js";
+import { registerGateways } from "./commands/gateways.js";
 import { registerImageInfo } from "./commands/image-info.js";
 import { registerKeys } from "./commands/keys.js";
 import { registerOtadata } from "./commands/otadata.js";
@@ -69,6 +70,7 @@ export function buildProgram(ctx: CliContext, plugins: readonly CommandPlugin[] 
   registerChaos(program, ctx);
   registerRollout(program, ctx);
   registerStatus(program, ctx);
+  registerGateways(program, ctx);
   for (const plugin of plugins) plugin(program, ctx);
 
   return withCliBehaviour(program, ctx);

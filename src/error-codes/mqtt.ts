@@ -52,4 +52,28 @@ export const mqttCodes = {
     action:
       "Check the device id and the topic prefix; `esp-ota status` without --device lists every device the broker knows.",
   },
+  E_MQTT_GATEWAYS_FILE: {
+    meaning:
+      "The gateways file (the gateways whose signed statuses are trusted, `esp-ota gateways add`) is not valid: not JSON, a field wrong, a key id that does not belong to its key, or a gateway listed twice.",
+    action:
+      "Fix or rebuild it with `esp-ota gateways add FILE --identity '<the line esp-ota agent key printed on the gateway>'`.",
+  },
+  E_MQTT_STATUS_GATEWAY_UNKNOWN: {
+    meaning:
+      "A device status names a gateway that is not in the gateways file, so it cannot be authenticated and is ignored (it neither advances nor aborts a rollout).",
+    action:
+      "If the gateway is yours, run `esp-ota agent key --config gateway.yaml` on it and add its identity with `esp-ota gateways add`; otherwise someone else publishes statuses on your broker.",
+  },
+  E_MQTT_STATUS_UNSIGNED: {
+    meaning:
+      "A device status carries no signature while statuses are being authenticated (--gateways): it is ignored. Agents before signed statuses, or a forgery.",
+    action:
+      "Upgrade the gateway's agent (it signs every status); if it is up to date, someone else publishes statuses on your broker: check the broker's access control.",
+  },
+  E_MQTT_STATUS_SIGNATURE: {
+    meaning:
+      "A device status's signature does not verify under the key registered for the gateway it names (another key, or a changed byte): it is ignored.",
+    action:
+      "If the gateway's key was replaced (its state directory recreated), register its new identity (`esp-ota agent key`, `esp-ota gateways add`); otherwise treat it as a forged status and check the broker's access control.",
+  },
 } satisfies ErrorCodeTable;

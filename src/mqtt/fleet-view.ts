@@ -4,6 +4,7 @@
  * the rows, table, JSON and change lines drawn from it. Pure: the command feeds it messages and
  * the clock; nothing here touches the network or the terminal.
  */
+
 import {
   type DeviceState,
   type DeviceStatus,
@@ -15,10 +16,13 @@ import {
   parseMessage,
   type UpdateNotice,
 } from "./messages.js";
+import { checkStatus, type GatewayTrust } from "./status-auth.js";
 import { parseTopic } from "./topics.js";
 
 export interface FleetState {
   readonly prefix: string;
+  /** When set, a status counts only if signed by the gateway it names (status-auth.ts). */
+  readonly gateways?: GatewayTrust;
   readonly presence: Map<string, Presence>;
   readonly inventory: Map<string, Inventory>;
   readonly status: Map<string, DeviceStatus>;
@@ -26,9 +30,10 @@ export interface FleetState {
   readonly progress: Map<string, ProgressEvent>;
 }
 
-export function emptyFleet(prefix: string): FleetState {
+export function emptyFleet(prefix: string, gateways?: GatewayTrust): FleetState {
   return {
     prefix,
+    ...(gateways ? { gateways } : {}),
     presence: new Map(),
     inventory: new Map(),
     status: new Map(),
@@ -88,6 +93,10 @@ export function applyMessage(state: FleetState, topic: string, payload: Uint8Arr
       const p = parseMessage("status", payload);
       if (!p.ok) return invalid(p);
       if (p.value.deviceId !== t.id) return mismatch("deviceId", p.value.deviceId, t.id);
+      if (state.gateways) {
+        const auth = checkStatus(p.value, state.gateways);
+        if (!auth.ok) return { kind: "invalid", code: auth.code, reason: auth.reason };
+      }
       const prev = state.status.get(t.id);
       if (prev && prev.gatewayId === p.value.gatewayId && p.value.seq <= prev.seq) return IGNORED;
       state.status.set(t.id, p.value);

@@ -184,6 +184,22 @@ const DeviceStatusSchema = Type.Object(
     startedAt: Type.Optional(Timestamp("When the gateway started working on the release.")),
     finishedAt: Type.Optional(Timestamp("When the release reached its final state.")),
     updatedAt: Timestamp("When this status was published."),
+    sig: Type.Optional(
+      Type.Object(
+        {
+          keyId: Type.String({
+            pattern: "^[0-9a-f]{32}$",
+            description: "The gateway's status-signing key (`esp-ota agent key`).",
+          }),
+          signature: Type.String({
+            maxLength: 200,
+            description:
+              "Base64 signature over the RFC 8785 canonical JSON of the status without `sig` (src/mqtt/status-auth.ts).",
+          }),
+        },
+        { additionalProperties: false },
+      ),
+    ),
   },
   { description: "What a gateway last reported about one device." },
 );
@@ -348,6 +364,8 @@ export interface DeviceStatus {
   startedAt?: string;
   finishedAt?: string;
   updatedAt: string;
+  /** The gateway's signature (src/mqtt/status-auth.ts); absent from agents before it. */
+  sig?: { keyId: string; signature: string };
 }
 export interface ProgressEvent {
   format: 1;

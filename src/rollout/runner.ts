@@ -10,11 +10,13 @@
  * semantics") — whereas the other order could record a notice that was never sent, and that
  * device would hold its wave until it timed out.
  */
+
 import { hostname } from "node:os";
 import type { MqttClient } from "mqtt";
 import { EspOtaError } from "../errors.js";
 import { readRetained } from "../mqtt/client.js";
 import { encodeMessage, parseMessage } from "../mqtt/messages.js";
+import { checkStatus, type GatewayTrust } from "../mqtt/status-auth.js";
 import { parseTopic, type Topics } from "../mqtt/topics.js";
 import {
   type RolloutEffect,
@@ -211,6 +213,12 @@ export interface RunnerOptions {
   /** Connected (src/mqtt/client.ts connectMqtt). The runner neither connects nor ends it. */
   client: MqttClient;
   topics: Topics;
+  /**
+   * The gateways whose signed statuses count (`--gateways FILE`): any other status is ignored
+   * with a warning, so a forgery can neither advance nor abort the rollout (docs/security.md G1).
+   * Absent: every well-formed status counts.
+   */
+  gateways?: GatewayTrust;
   /** A new rollout (machine.ts createRollout) or one loaded from the broker (loadRollout). */
   state: RolloutState;
   /** Also apply `resume` (the operator asked to resume a paused rollout). */
@@ -339,6 +347,11 @@ export async function runRollout(o: RunnerOptions): Promise<RolloutRunner> {
       if (!p.ok) return o.onWarning?.(`status of ${t.id} ignored: ${p.code} ${p.reason}`);
       if (p.value.deviceId !== t.id)
         return o.onWarning?.(`status on ${topic} names device ${p.value.deviceId}; ignored`);
+      if (o.gateways) {
+        const auth = checkStatus(p.value, o.gateways);
+        if (!auth.ok)
+          return o.onWarning?.(`status of ${t.id} ignored: ${auth.code} ${auth.reason}`);
+      }
       enqueue({ type: "status", status: p.value, now: clock() });
     } else if (t.kind === "rollout-control" && t.id === rolloutId) {
       const p = parseRolloutControl(payload);

@@ -1,4 +1,4 @@
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import fc from "fast-check";
@@ -712,5 +712,36 @@ describe("agent config: files and the CLI", () => {
     writeFileSync(join(dir, "site/trust.json"), TRUST_JSON);
     const checked = await cli(["agent", "check-config", "--config", "site/gateway.yaml"]);
     expect(checked).toEqual({ code: 0, stdout: "ok site/gateway.yaml\n", stderr: "" });
+  });
+  it("agent key creates the gateway's key once and prints its identity; gateways add/list/remove keep the trust file", async () => {
+    writeFileSync(join(dir, "trust.json"), TRUST_JSON);
+    writeFileSync(
+      join(dir, "gw.yaml"),
+      "gatewayId: gw-a\ntrust:\n  policy: trust.json\nserial:\n  ports:\n    - path: /dev/ttyUSB0\nstateDir: gw-state\n",
+    );
+    const first = await cli(["agent", "key", "--config", "gw.yaml"]);
+    expect(first.code).toBe(0);
+    expect(first.stderr).toContain("created the gateway's status-signing key");
+    expect((statSync(join(dir, "gw-state", "gateway-key.pem")).mode & 0o777).toString(8)).toBe(
+      "600",
+    );
+    const identity = JSON.parse(first.stdout) as { gatewayId: string; keyId: string };
+    expect(identity).toMatchObject({ gatewayId: "gw-a", alg: "ed25519" });
+    const again = await cli(["agent", "key", "--config", "gw.yaml"]);
+    expect(again).toEqual({ code: 0, stdout: first.stdout, stderr: "" });
+    expect(first.stdout).not.toContain("PRIVATE");
+
+    const add = await cli(["gateways", "add", "gateways.json", "--identity", first.stdout.trim()]);
+    expect(add.code).toBe(0);
+    const list = await cli(["gateways", "list", "gateways.json"]);
+    expect(list.stdout).toBe(`gw-a  ed25519  ${identity.keyId}\n`);
+    // Another key for the same gateway needs --replace.
+    const other = first.stdout.replace(identity.keyId, "0".repeat(32));
+    expect((await cli(["gateways", "add", "gateways.json", "--identity", other])).stderr).toContain(
+      "E_MQTT_GATEWAYS_FILE",
+    );
+    expect((await cli(["gateways", "remove", "gateways.json", "gw-a"])).code).toBe(0);
+    expect((await cli(["gateways", "list", "gateways.json"])).stdout).toBe("");
+    expect((await cli(["gateways", "remove", "gateways.json", "gw-a"])).code).toBe(1);
   });
 });

@@ -10,8 +10,10 @@
  * One world per broker, both brokers at once; the scenarios run on different devices at once.
  */
 import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { generateManifestKey } from "../../src/release/keyring.js";
+import { checkStatus, gatewayIdentity, gatewayTrust } from "../../src/mqtt/status-auth.js";
+import { generateManifestKey, parseManifestPrivateKeyPem } from "../../src/release/keyring.js";
 import { type SignedManifest, signManifest } from "../../src/release/manifest.js";
 import { socatAvailable } from "../../src/uart/socat.js";
 import { BROKER_KINDS } from "../helpers/brokers.js";
@@ -70,6 +72,13 @@ describe.concurrent("agent end to end: verify before touching the device", () =>
         expect(sb.running?.version).toBe("1.0.0");
         expect(w.running(b)).toBe("1.0.0");
         expect(w.bootsInto(b)).toBe("1.0.0");
+        // Every status is signed by this gateway's key (docs/security.md G1).
+        const key = parseManifestPrivateKeyPem(
+          readFileSync(join(w.stagingDir, "..", "gateway-key.pem"), "utf8"),
+        );
+        const trust = gatewayTrust({ format: 1, gateways: [gatewayIdentity(sa.gatewayId, key)] });
+        for (const st of w.statuses.get(a) ?? [])
+          expect(checkStatus(st, trust)).toEqual({ ok: true });
         for (const id of [a, b]) {
           const h = releaseHistory(w, id, r2.index.releaseId);
           // Every step was reported on the way, in order.

@@ -7,9 +7,13 @@
  * the release it already runs or ran, and reports `cancelled` when a notice it has not started
  * on is withdrawn.
  */
+
 import net, { type AddressInfo } from "node:net";
 import { Aedes } from "aedes";
 import mqtt, { type MqttClient } from "mqtt";
+import type { DeviceStatus } from "../../src/mqtt/messages.js";
+import { signStatus } from "../../src/mqtt/status-auth.js";
+import type { ManifestSigningKey } from "../../src/release/keyring.js";
 
 /**
  * A bare aedes broker on a free loopback port. Its broker id is emptied, which turns off aedes's
@@ -70,16 +74,18 @@ export class FakeAgent {
     private readonly client: MqttClient,
     private readonly prefix: string,
     private readonly scripts: Record<string, Script>,
+    /** Signs its statuses as a real agent does (src/mqtt/status-auth.ts); unsigned without. */
+    private readonly signWith?: ManifestSigningKey,
   ) {}
 
   static async start(
     url: string,
     prefix: string,
     scripts: Record<string, Script>,
-    o: { oldRelease?: string } = {},
+    o: { oldRelease?: string; signWith?: ManifestSigningKey } = {},
   ): Promise<FakeAgent> {
     const client = await mqtt.connectAsync(url, { protocolVersion: 4, reconnectPeriod: 0 });
-    const agent = new FakeAgent(client, prefix, scripts);
+    const agent = new FakeAgent(client, prefix, scripts, o.signWith);
     client.on("message", (topic, payload) => agent.onMessage(topic, payload));
     // What a gateway reports on attach: idle, on the release it ran before (another release:
     // the rollout must not count it).
@@ -122,7 +128,7 @@ export class FakeAgent {
     const seq = (this.seq.get(id) ?? 100) + 1;
     this.seq.set(id, seq);
     const at = new Date().toISOString();
-    const status = {
+    const unsigned: DeviceStatus = {
       format: 1,
       deviceId: id,
       gatewayId: "gw-test",
@@ -132,7 +138,8 @@ export class FakeAgent {
       ...(s.rolloutId ? { rolloutId: s.rolloutId } : {}),
       ...(s.code ? { error: { code: s.code, message: `fake ${s.state}`, step: "transfer" } } : {}),
       updatedAt: at,
-    };
+    } as DeviceStatus;
+    const status = this.signWith ? signStatus(unsigned, this.signWith) : unsigned;
     this.log.push({ kind: "status", deviceId: id, state: s.state });
     await this.client.publishAsync(`${this.prefix}/devices/${id}/status`, JSON.stringify(status), {
       qos: 1,

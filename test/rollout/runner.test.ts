@@ -5,7 +5,9 @@
  */
 import mqtt, { type MqttClient } from "mqtt";
 import { afterAll, afterEach, it as base, beforeAll, describe, expect } from "vitest";
+import { type GatewayTrust, gatewayIdentity, gatewayTrust } from "../../src/mqtt/status-auth.js";
 import { topics as makeTopics, type Topics } from "../../src/mqtt/topics.js";
+import { generateManifestKey, type ManifestSigningKey } from "../../src/release/keyring.js";
 import { createRollout, type RolloutPlan } from "../../src/rollout/machine.js";
 import {
   applyUnowned,
@@ -48,8 +50,15 @@ async function operator(): Promise<MqttClient> {
   return c;
 }
 
-async function agent(prefix: string, scripts: Record<string, Script>): Promise<FakeAgent> {
-  const a = await FakeAgent.start(broker.url, prefix, scripts, { oldRelease: OLD });
+async function agent(
+  prefix: string,
+  scripts: Record<string, Script>,
+  signWith?: ManifestSigningKey,
+): Promise<FakeAgent> {
+  const a = await FakeAgent.start(broker.url, prefix, scripts, {
+    oldRelease: OLD,
+    ...(signWith ? { signWith } : {}),
+  });
   open.push(a);
   return a;
 }
@@ -73,7 +82,7 @@ async function run(
   client: MqttClient,
   topics: Topics,
   p: RolloutPlan,
-  o: { heartbeatMs?: number } = {},
+  o: { heartbeatMs?: number; gateways?: GatewayTrust; onWarning?: (w: string) => void } = {},
 ): Promise<RolloutRunner> {
   const r = await runRollout({ client, topics, state: createRollout(p, Date.now()), ...o });
   open.push({ close: () => r.stop() });
@@ -261,6 +270,29 @@ describe.each(BROKERS)("rollout runner ($name)", (kind) => {
       at: new Date().toISOString(),
     });
     expect((await r.done).state).toBe("completed");
+  });
+
+  it("with --gateways, a forged final status neither fails a device nor aborts the rollout; signed ones count", async () => {
+    const { prefix, topics } = fresh();
+    const devs = ids(3);
+    const key = generateManifestKey("ed25519");
+    const gateways = gatewayTrust({ format: 1, gateways: [gatewayIdentity("gw-test", key)] });
+    await agent(prefix, { dev00: { final: "succeeded" }, dev01: { final: "succeeded" } }, key);
+    // A forger, unsigned, claims dev02 failed: without authentication that is 1 of 3 failed,
+    // above the 20% this plan allows, and the rollout would abort.
+    await agent(prefix, { dev02: { final: "failed" } });
+    const warnings: string[] = [];
+    const r = await run(
+      await operator(),
+      topics,
+      plan(devs, { waves: [100], waveTimeoutMs: 1500, maxFailureRate: 20, minSample: 1 }),
+      { gateways, onWarning: (w) => warnings.push(w) },
+    );
+    await until(() => r.state().state === "paused", "wave timeout");
+    expect(r.state().perDevice.dev00!.state).toBe("succeeded");
+    expect(r.state().perDevice.dev01!.state).toBe("succeeded");
+    expect(r.state().perDevice.dev02!.state).not.toBe("failed");
+    expect(warnings.some((w) => w.includes("E_MQTT_STATUS_UNSIGNED"))).toBe(true);
   });
 
   it("with no live owner, an abort is applied directly: the notices not started are withdrawn", async () => {

@@ -8,6 +8,7 @@ import { join, resolve } from "node:path";
 import { type Command, InvalidArgumentError, Option } from "commander";
 import type { MqttClient } from "mqtt";
 import { EspOtaError } from "../../errors.js";
+import type { GatewayTrust } from "../../mqtt/status-auth.js";
 import { topics as makeTopics, type Topics } from "../../mqtt/topics.js";
 import { isBaseUrl } from "../../release/build-plan.js";
 import { createRollout, type RolloutEvent, summarize } from "../../rollout/machine.js";
@@ -34,7 +35,12 @@ import {
   watchState,
 } from "../../rollout/runner.js";
 import { eventLine, renderList, renderLive, renderSummary } from "../../rollout/view.js";
-import { addBrokerOptions, type BrokerCliOptions, connectFromCli } from "../broker-options.js";
+import {
+  addBrokerOptions,
+  type BrokerCliOptions,
+  connectFromCli,
+  gatewaysFromCli,
+} from "../broker-options.js";
 import type { CliContext } from "../context.js";
 
 const usage =
@@ -132,8 +138,18 @@ async function drive(
   client: MqttClient,
   topics: Topics,
   state: RolloutState,
-  o: { resume?: boolean; wait: boolean; json?: boolean; heartbeatMs: number },
+  o: {
+    resume?: boolean;
+    wait: boolean;
+    json?: boolean;
+    heartbeatMs: number;
+    gateways: GatewayTrust | undefined;
+  },
 ): Promise<void> {
+  if (!o.gateways)
+    ctx.note(
+      "note: device statuses are not authenticated: anyone who may publish on the broker can advance or abort this rollout; pass --gateways FILE (esp-ota agent key on each gateway, then esp-ota gateways add)",
+    );
   const view = liveView(ctx);
   let runner: RolloutRunner | undefined;
   let interrupted = false;
@@ -149,6 +165,7 @@ async function drive(
       topics,
       state,
       heartbeatMs: o.heartbeatMs,
+      ...(o.gateways ? { gateways: o.gateways } : {}),
       ...(o.resume ? { resume: true } : {}),
       ...(o.wait ? {} : { detach: true }),
       onEvent: view.event,
@@ -358,6 +375,7 @@ export function registerRollout(parent: Command, ctx: CliContext): void {
         wait: o.wait,
         ...(o.json ? { json: true } : {}),
         heartbeatMs: o.heartbeat,
+        gateways: gatewaysFromCli(ctx, o),
       });
     });
   });
@@ -470,6 +488,7 @@ export function registerRollout(parent: Command, ctx: CliContext): void {
           wait: o.wait,
           ...(o.json ? { json: true } : {}),
           heartbeatMs: o.heartbeat,
+          gateways: gatewaysFromCli(ctx, o),
         });
       });
     },

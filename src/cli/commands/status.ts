@@ -19,7 +19,12 @@ import {
 } from "../../mqtt/fleet-view.js";
 import { isTopicId, type Topics, topics } from "../../mqtt/topics.js";
 import { parseIntArg } from "../args.js";
-import { addBrokerOptions, type BrokerCliOptions, connectFromCli } from "../broker-options.js";
+import {
+  addBrokerOptions,
+  type BrokerCliOptions,
+  connectFromCli,
+  gatewaysFromCli,
+} from "../broker-options.js";
 import type { CliContext } from "../context.js";
 
 interface StatusOptions extends BrokerCliOptions {
@@ -84,7 +89,7 @@ async function run(
   client: MqttClient,
   t: Topics,
 ): Promise<void> {
-  const fleet = emptyFleet(t.prefix);
+  const fleet = emptyFleet(t.prefix, gatewaysFromCli(ctx, o));
   const problems: string[] = [];
   const feed = (topic: string, payload: Uint8Array): ApplyResult => {
     const r = applyMessage(fleet, topic, payload);
