@@ -18,6 +18,7 @@ import type { CliContext } from "../src/cli/context.js";
 import { EspOtaError } from "../src/errors.js";
 import { connectMqtt } from "../src/mqtt/client.js";
 import { parseMessage } from "../src/mqtt/messages.js";
+import { gatewayIdentity, gatewayTrust } from "../src/mqtt/status-auth.js";
 import { topics } from "../src/mqtt/topics.js";
 import { buildRelease } from "../src/release/build.js";
 import type { ReleaseIndex } from "../src/release/build-plan.js";
@@ -34,6 +35,7 @@ import { serveFleet } from "../src/sim/fleet-serve.js";
 import { socatAvailable } from "../src/uart/socat.js";
 import { Agent, type AgentOptions } from "./agent.js";
 import { parseAgentConfig } from "./config.js";
+import { loadOrCreateGatewayKey } from "./gateway-key.js";
 import { createLogger } from "./log.js";
 import { memoryPorts } from "./memory-ports.js";
 
@@ -203,7 +205,9 @@ policy:
     await client.subscribeAsync(t.allStatus, { qos: 1 });
 
     // 6. The rollout: a canary wave (1 device), then the rest; abort above 50% failures.
-    say("6. rollout: wave 1 = 1 device (canary), wave 2 = the rest; abort if more than 50% fail");
+    say(
+      "6. rollout: wave 1 = 1 device (canary), wave 2 = the rest; abort if more than 50% fail; only statuses signed by the gateway count",
+    );
     const state = createRollout(
       {
         rolloutId: `demo-${Date.now().toString(36)}`,
@@ -218,10 +222,18 @@ policy:
       },
       Date.now(),
     );
+    // The gateway's status-signing identity, registered as an operator would (`esp-ota agent
+    // key`, `esp-ota gateways add`): the rollout counts only statuses the gateway signed.
+    const gatewayKey = loadOrCreateGatewayKey(parsed.config.stateDir).key;
+    const gateways = gatewayTrust({
+      format: 1,
+      gateways: [gatewayIdentity(parsed.config.gatewayId, gatewayKey)],
+    });
     const runner = await runRollout({
       client,
       topics: t,
       state,
+      gateways,
       heartbeatMs: 2000,
       onEvent: (e) => {
         if (e.kind !== "device") say(` * ${eventLine(e)}`);
