@@ -8,8 +8,8 @@
  * Its only I/O (the trust policy, a password file, whether TLS files exist) goes through
  * injectable `deps`, so tests need no files. loadAgentConfig is the thin fs edge.
  */
-import { readFileSync, statSync } from "node:fs";
-import { hostname as osHostname } from "node:os";
+import { accessSync, constants as fsConstants, mkdirSync, readFileSync, statSync } from "node:fs";
+import { hostname as osHostname, userInfo } from "node:os";
 import { basename, dirname, isAbsolute, join, resolve } from "node:path";
 import { type TSchema, Type } from "@sinclair/typebox";
 import { type ValueError, ValueErrorType } from "@sinclair/typebox/errors";
@@ -31,7 +31,9 @@ import {
   type DownloadLimits,
 } from "../src/download/policy.js";
 import { EspOtaError } from "../src/errors.js";
+import { isLoopback, type ListenAddress, listenProblem, parseListen } from "../src/metrics/http.js";
 import { KEY_ID_PATTERN, parseTrustPolicy, type TrustPolicy } from "../src/release/keyring.js";
+import { quote } from "../src/text.js";
 
 // ---- the resolved configuration (what the agent consumes) ---------------------------------------
 
@@ -55,9 +57,13 @@ export interface AgentConfig {
     prefix: string;
     clientId?: string;
     username?: string;
-    /** Resolved from passwordFile, passwordEnv or a literal password. Never log it. */
+    /** Resolved from passwordFile, passwordCredential, passwordEnv or a literal password. Never log it. */
     password?: string;
-    protocolVersion: 4 | 5;
+    /**
+     * Absent: MQTT 5, falling back to 3.1.1 when the broker refuses it (the default). 5: MQTT 5
+     * only (E_MQTT_CONNECT when refused); 4: MQTT 3.1.1 only.
+     */
+    protocolVersion?: 4 | 5;
     keepaliveSec: number;
     /** File paths, absolute; their contents are read by the agent, not here. */
     tls?: { ca?: string; cert?: string; key?: string; rejectUnauthorized: boolean };
@@ -93,6 +99,8 @@ export interface AgentConfig {
     maxManifestBytes: number;
   };
   log: { level: LogLevel; deviceLines: boolean; deviceLinesPerSec: number };
+  /** /metrics, /healthz and /readyz (docs/metrics.md); served only when `enabled`. */
+  metrics: { enabled: boolean; listen: ListenAddress };
 }
 
 export interface ConfigProblem {
@@ -114,6 +122,12 @@ export interface ConfigDeps {
   hostname?: string;
   /** Whether a file named by tls.* or download.ca exists (their contents are not read here). */
   isFile?: (path: string) => boolean;
+  /**
+   * What to do when mqtt.passwordCredential is set but $CREDENTIALS_DIRECTORY is not: "error"
+   * (the agent: it cannot log in) or "warn" (`check-config` run by hand, outside the service
+   * that systemd gives the credential to). Default "error".
+   */
+  missingCredentials?: "error" | "warn";
 }
 
 // ---- defaults (each one's reason is in docs/configuration.md and gateway.example.yaml) ----------
@@ -123,7 +137,6 @@ export const CONFIG_DEFAULTS = {
     /** The embedded broker (`esp-ota broker`) on the same machine. */
     url: "mqtt://127.0.0.1:1883",
     prefix: "esp-ota/v1",
-    protocolVersion: 5 as 4 | 5,
     keepaliveSec: 30,
     rejectUnauthorized: true,
   },
@@ -145,6 +158,11 @@ export const CONFIG_DEFAULTS = {
     maxManifestBytes: 65_536,
   },
   log: { level: "info" as LogLevel, deviceLines: true, deviceLinesPerSec: 20 },
+  // Off unless asked for (docs/configuration.md "metrics"): most gateways sit behind NAT where
+  // nothing scrapes them (their presence carries a health summary instead), and a fixed port
+  // open by default collides when several agents share a host. 9477: not in Prometheus's
+  // default-port allocations as taken by an exporter a gateway is likely to run.
+  metrics: { enabled: false, listen: "127.0.0.1:9477" },
 } as const;
 
 /**
@@ -192,7 +210,7 @@ const baud = (description: string, dflt: number, rates: readonly number[] = STAN
   );
 /**
  * The rates the UART OTA protocol's BAUD request may ask for (docs/uart-protocol.md §3.3; the
- * device side's SUPPORTED_BAUDS in src/uart/device.ts): any other is refused with BAD_BAUD and
+ * device side's accepted rates, `supported_baud` in src/firmware/uota_core.c): any other is refused with BAD_BAUD and
  * the whole transfer silently stays at 115200.
  */
 export const TRANSFER_BAUDS: readonly number[] = [115200, 230400, 460800, 921600, 1500000, 2000000];
@@ -267,6 +285,15 @@ const ConfigFileSchema = Type.Object(
           passwordFile: Type.Optional(
             filePath("File holding the broker password (trailing newline removed)"),
           ),
+          passwordCredential: Type.Optional(
+            Type.String({
+              pattern: "^[A-Za-z0-9_.-]{1,255}$",
+              description:
+                "Name of a systemd credential (LoadCredential=NAME:FILE) holding the broker password, read from $CREDENTIALS_DIRECTORY/NAME",
+              errorMessage:
+                "expected a credential name such as mqtt-password (letters, digits, _ . -; no /)",
+            }),
+          ),
           passwordEnv: Type.Optional(
             Type.String({
               pattern: "^[A-Za-z_][A-Za-z0-9_]*$",
@@ -276,8 +303,8 @@ const ConfigFileSchema = Type.Object(
           ),
           protocolVersion: Type.Optional(
             Type.Union([Type.Literal(4), Type.Literal(5)], {
-              default: CONFIG_DEFAULTS.mqtt.protocolVersion,
-              description: "5 = MQTT 5; 4 = MQTT 3.1.1 for old brokers",
+              description:
+                "5 = MQTT 5 only; 4 = MQTT 3.1.1 only; unset = MQTT 5, falling back to 3.1.1 when the broker refuses it",
               errorMessage: "expected 5 (MQTT 5) or 4 (MQTT 3.1.1)",
             }),
           ),
@@ -472,6 +499,27 @@ const ConfigFileSchema = Type.Object(
         { additionalProperties: false },
       ),
     ),
+    metrics: Type.Optional(
+      Type.Object(
+        {
+          enabled: Type.Optional(
+            Type.Boolean({
+              description:
+                "Serve /metrics, /healthz and /readyz (docs/metrics.md); default: true when listen is given, else false",
+            }),
+          ),
+          listen: Type.Optional(
+            Type.String({
+              minLength: 1,
+              default: CONFIG_DEFAULTS.metrics.listen,
+              description:
+                "host:port to serve them on ([::1]:9477 for IPv6; port 0 picks a free one); loopback by default",
+            }),
+          ),
+        },
+        { additionalProperties: false },
+      ),
+    ),
   },
   { additionalProperties: false },
 );
@@ -606,6 +654,127 @@ export function effectiveTrustPolicy(
   };
 }
 
+// ---- the directories the agent writes ---------------------------------------------------------
+
+/** Every directory the agent writes, the key that sets it, and what it holds (for messages). */
+export function agentWriteDirs(
+  c: Pick<AgentConfig, "stateDir" | "stagingDir">,
+): { key: "stateDir" | "stagingDir"; path: string; what: string }[] {
+  return [
+    { key: "stateDir", path: c.stateDir, what: "the gateway's key and state" },
+    { key: "stateDir", path: join(c.stateDir, "devices"), what: "the device ledgers" },
+    { key: "stagingDir", path: c.stagingDir, what: "downloads in progress" },
+  ];
+}
+
+/** The filesystem calls the directory checks make (injectable, for tests). */
+export interface DirDeps {
+  /** "dir", "other" (exists, not a directory) or "missing". Default: fs.statSync. */
+  kind?: (path: string) => "dir" | "other" | "missing";
+  /** access(2) with W_OK|X_OK for the real user: why not, as an errno code, or undefined if allowed. */
+  cannotWrite?: (path: string) => string | undefined;
+  /** For messages. Default: os.userInfo(). */
+  user?: string;
+}
+
+function dirDeps(d: DirDeps): Required<DirDeps> {
+  return {
+    kind:
+      d.kind ??
+      ((p) => {
+        try {
+          return statSync(p).isDirectory() ? "dir" : "other";
+        } catch {
+          return "missing";
+        }
+      }),
+    cannotWrite:
+      d.cannotWrite ??
+      ((p) => {
+        try {
+          accessSync(p, fsConstants.W_OK | fsConstants.X_OK);
+          return undefined;
+        } catch (e) {
+          return (e as NodeJS.ErrnoException).code ?? (e as Error).message;
+        }
+      }),
+    user: d.user ?? currentUser(),
+  };
+}
+
+function currentUser(): string {
+  const uid = process.getuid?.();
+  try {
+    return `${userInfo().username} (uid ${uid})`;
+  } catch {
+    // A uid without a passwd entry (containers): the number is all there is.
+    return uid === undefined ? "this user" : `uid ${uid}`;
+  }
+}
+
+/**
+ * `check-config`: every directory the agent writes must be writable by the user running the
+ * check (run it as the agent's user: `sudo -u esp-ota`), or, when it does not exist yet,
+ * creatable in its nearest existing parent. access(2) answers for the real user and reports a
+ * read-only mount (EROFS) even to root. Changes nothing on disk.
+ */
+export function stateDirProblems(
+  c: Pick<AgentConfig, "stateDir" | "stagingDir">,
+  deps: DirDeps = {},
+): ConfigProblem[] {
+  const d = dirDeps(deps);
+  const out: ConfigProblem[] = [];
+  const seen = new Set<string>();
+  for (const w of agentWriteDirs(c)) {
+    if (seen.has(w.path)) continue;
+    seen.add(w.path);
+    let at = w.path;
+    while (d.kind(at) === "missing" && dirname(at) !== at) at = dirname(at);
+    const kind = d.kind(at);
+    const problem = (message: string) =>
+      out.push({ path: w.key, message: `${w.path} (${w.what}): ${message}`, severity: "error" });
+    if (kind !== "dir") {
+      problem(`${at} exists and is not a directory`);
+      continue;
+    }
+    const why = d.cannotWrite(at);
+    if (why === undefined) continue;
+    problem(
+      at === w.path
+        ? `not writable by ${d.user} (${why}); make it the agent user's (chown) or set ${w.key} to a directory it owns`
+        : `does not exist, and ${at} is not writable by ${d.user} (${why}), so the agent cannot create it; create it owned by the agent's user (install -d -o USER -m 0700 ${w.path})`,
+    );
+  }
+  return out;
+}
+
+/**
+ * At agent start: creates every directory the agent writes (0700: the gateway key and the
+ * ledgers are private) and checks it is writable, so a wrong stateDir or stagingDir is one coded
+ * error naming the directory (E_AGENT_STATE), not an EACCES from deep inside the first download.
+ */
+export function prepareStateDirs(
+  c: Pick<AgentConfig, "stateDir" | "stagingDir">,
+  deps: DirDeps = {},
+): void {
+  const d = dirDeps(deps);
+  for (const w of agentWriteDirs(c)) {
+    let why: string | undefined;
+    try {
+      mkdirSync(w.path, { recursive: true, mode: 0o700 });
+      why = d.cannotWrite(w.path);
+    } catch (e) {
+      why = (e as NodeJS.ErrnoException).code ?? (e as Error).message;
+    }
+    if (why !== undefined)
+      throw new EspOtaError(
+        "E_AGENT_STATE",
+        `cannot write ${w.path} (${w.key}: ${w.what}) as ${d.user}: ${why}; run \`esp-ota agent check-config\` as the agent's user, and check the service's ReadWritePaths=/StateDirectory= (docs/operations.md)`,
+        { path: w.path, key: w.key },
+      );
+  }
+}
+
 /** The host name as a topic id: [A-Za-z0-9._-] kept, anything else "-", at most 64; "gateway" if empty. */
 export function gatewayIdFromHostname(hostname: string): string {
   const id = hostname.replace(/[^A-Za-z0-9._-]/g, "-").slice(0, 64);
@@ -643,6 +812,7 @@ interface FileShape {
     username?: string;
     password?: string;
     passwordFile?: string;
+    passwordCredential?: string;
     passwordEnv?: string;
     protocolVersion?: 4 | 5;
     keepaliveSec?: number;
@@ -655,6 +825,7 @@ interface FileShape {
   download?: Partial<AgentConfig["download"]>;
   policy?: Partial<AgentConfig["policy"]>;
   log?: Partial<AgentConfig["log"]>;
+  metrics?: { enabled?: boolean; listen?: string };
 }
 
 /** One validation run: collects problems, then resolves the config if there were no errors. */
@@ -697,7 +868,7 @@ class Validation {
   }
 
   private errorAt(segs: readonly Seg[]): boolean {
-    const path = formatKeyPath(segs);
+    const path = quote(formatKeyPath(segs), 200);
     return this.problems.some((p) => p.severity === "error" && p.path === path);
   }
 
@@ -708,7 +879,8 @@ class Validation {
     message: string,
     at: "key" | "value" = "value",
   ): void {
-    const path = formatKeyPath(segs);
+    // Bounded and escaped: a key in the path is the author's text (see unknownKeyMessage).
+    const path = quote(formatKeyPath(segs), 200);
     // One error per key: the first (the schema's) is the one to fix first.
     if (severity === "error" && this.errorAt(segs)) return;
     const offset = this.offsetOf(segs, at);
@@ -774,6 +946,7 @@ class Validation {
     this.checkPaths(f);
     this.checkDownload(f);
     this.checkPolicy(f);
+    this.checkMetrics(f);
     if (this.hasError()) return undefined;
     return this.resolveConfig(f, password);
   }
@@ -814,7 +987,7 @@ class Validation {
     }
     // A section whose keys are all commented out is null in YAML: treat it as empty.
     const v = value as Record<string, unknown>;
-    for (const k of ["mqtt", "trust", "serial", "download", "policy", "log"]) {
+    for (const k of ["mqtt", "trust", "serial", "download", "policy", "log", "metrics"]) {
       if (k in v && v[k] === null) v[k] = {};
     }
     const mqtt = v.mqtt as Record<string, unknown> | undefined;
@@ -876,12 +1049,15 @@ class Validation {
     }
     // A unit suffix left off ("keepalive" for keepaliveSec, "rescan" for rescanMs).
     best ??= known.find((k) => key.length >= 4 && k.toLowerCase().startsWith(key.toLowerCase()));
-    if (best !== undefined) return `unknown key "${key}"; did you mean "${best}"?`;
+    // The key is the config author's text: quoted bounded and escaped (a 60,000-character or
+    // escape-laden key made a 60 KB message that check-config printed raw).
+    const shown = quote(key, 64);
+    if (best !== undefined) return `unknown key "${shown}"; did you mean "${best}"?`;
     // The right key in the wrong section (`url:` at the top instead of under mqtt:).
     const elsewhere = configKeyPaths().find((p) => p.split(/[.[\]]+/).pop() === key);
     if (elsewhere)
-      return `unknown key "${key}" here; did you mean ${elsewhere.replace("[]", "[n]")}?`;
-    return `unknown key "${key}" (known here: ${known.join(", ")})`;
+      return `unknown key "${shown}" here; did you mean ${elsewhere.replace("[]", "[n]")}?`;
+    return `unknown key "${shown}" (known here: ${known.join(", ")})`;
   }
 
   private checkMqtt(f: FileShape): string | undefined {
@@ -894,9 +1070,9 @@ class Validation {
     }
     if (m.tls !== undefined && isObj(m.tls)) this.checkTls(m, m.tls);
 
-    const sources = (["password", "passwordFile", "passwordEnv"] as const).filter(
-      (k) => m[k] !== undefined,
-    );
+    const sources = (
+      ["password", "passwordFile", "passwordCredential", "passwordEnv"] as const
+    ).filter((k) => m[k] !== undefined);
     if (sources.length > 1) {
       this.error(
         ["mqtt", sources[1]!],
@@ -923,6 +1099,8 @@ class Validation {
       } catch (e) {
         this.error(["mqtt", "passwordFile"], readProblem(p!, e));
       }
+    } else if (typeof m.passwordCredential === "string") {
+      password = this.readCredential(m.passwordCredential);
     } else if (typeof m.passwordEnv === "string") {
       password = this.env[m.passwordEnv];
       if (password === undefined)
@@ -939,6 +1117,32 @@ class Validation {
       );
     }
     return password;
+  }
+
+  /**
+   * systemd's LoadCredential=NAME:FILE (systemd.exec(5), "Credentials") gives the service a copy
+   * of FILE at $CREDENTIALS_DIRECTORY/NAME, readable by the service's user only, while FILE
+   * itself stays root-only: the password is neither in the environment nor readable by the
+   * agent's user outside the service.
+   */
+  private readCredential(name: string): string | undefined {
+    const at = ["mqtt", "passwordCredential"];
+    const dir = this.env.CREDENTIALS_DIRECTORY;
+    if (dir === undefined || dir === "") {
+      const why = `$CREDENTIALS_DIRECTORY is not set: the credential "${name}" exists only inside the systemd service that loads it (LoadCredential=${name}:FILE)`;
+      if (this.deps.missingCredentials === "warn") this.warn(at, `not checked here: ${why}`);
+      else this.error(at, why);
+      return undefined;
+    }
+    const p = join(dir, name);
+    try {
+      const password = this.readFile(p).replace(/[\r\n]+$/, "");
+      if (password === "") this.error(at, `${p} is empty`);
+      return password;
+    } catch (e) {
+      this.error(at, readProblem(p, e));
+      return undefined;
+    }
   }
 
   private checkUrl(m: NonNullable<FileShape["mqtt"]>): void {
@@ -1143,6 +1347,22 @@ class Validation {
     }
   }
 
+  private checkMetrics(f: FileShape): void {
+    const m = f.metrics;
+    if (!isObj(m) || typeof m.listen !== "string") return;
+    const problem = listenProblem(m.listen);
+    if (problem) {
+      this.error(["metrics", "listen"], problem);
+      return;
+    }
+    const { host } = parseListen(m.listen);
+    if (m.enabled !== false && !isLoopback(host))
+      this.warn(
+        ["metrics", "listen"],
+        `${host} is not loopback: /metrics and /readyz are served without authentication to whoever reaches it; prefer 127.0.0.1 behind a local Prometheus or a TLS proxy (docs/metrics.md)`,
+      );
+  }
+
   private checkFileExists(segs: readonly Seg[], p: string): void {
     const abs = this.fileArg(segs, p);
     if (abs !== undefined && !this.isFile(abs)) this.error(segs, `no such file: ${abs}`);
@@ -1176,7 +1396,7 @@ class Validation {
         clientId: m.clientId ?? `esp-ota-gw-${gatewayId}`,
         ...(m.username !== undefined ? { username: m.username } : {}),
         ...(password !== undefined ? { password } : {}),
-        protocolVersion: m.protocolVersion ?? D.mqtt.protocolVersion,
+        ...(m.protocolVersion !== undefined ? { protocolVersion: m.protocolVersion } : {}),
         keepaliveSec: m.keepaliveSec ?? D.mqtt.keepaliveSec,
         ...(tls
           ? {
@@ -1210,6 +1430,10 @@ class Validation {
       },
       policy: { ...D.policy, ...withoutUndefined(f.policy ?? {}) },
       log: { ...D.log, ...withoutUndefined(f.log ?? {}) },
+      metrics: {
+        enabled: f.metrics?.enabled ?? f.metrics?.listen !== undefined,
+        listen: parseListen(f.metrics?.listen ?? D.metrics.listen),
+      },
     };
   }
 }

@@ -14,6 +14,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type Command, Option } from "commander";
 import { startBroker } from "../broker/broker.js";
+import { parseSizeArg } from "../src/cli/args.js";
 import type { CliContext } from "../src/cli/context.js";
 import { EspOtaError } from "../src/errors.js";
 import { connectMqtt } from "../src/mqtt/client.js";
@@ -276,12 +277,7 @@ export function registerDemo(program: Command, ctx: CliContext): void {
     .description(
       "The whole system on this machine: embedded broker, image server, 3 simulated secure ESP32s (on ptys, or in-memory UART links without socat), the gateway agent, a release and a rollout (one device rolls back). Leaves nothing running.",
     )
-    .option(
-      "--app-size <bytes>",
-      "size of the demo app (default 262144)",
-      (v) => Number(v),
-      0x40000,
-    )
+    .option("--app-size <bytes>", "size of the demo app (K/M suffixes)", parseSizeArg, 0x40000)
     .option("--keep", "keep the temporary directory (keys, release, state) for inspection", false)
     .addOption(
       new Option(

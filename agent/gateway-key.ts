@@ -3,9 +3,10 @@
  * `stateDir/gateway-key.pem`, owner-only, created on first use. Its public identity is what
  * `esp-ota agent key` prints and the operator adds to the gateways file.
  */
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { EspOtaError } from "../src/errors.js";
+import { writeFileAtomicSync } from "../src/fs/write-atomic.js";
 import {
   encodeManifestPrivateKeyPem,
   generateManifestKey,
@@ -38,8 +39,13 @@ export function loadOrCreateGatewayKey(stateDir: string): {
   const key = generateManifestKey("ed25519");
   try {
     mkdirSync(stateDir, { recursive: true, mode: 0o700 });
-    // "wx": two agents starting on one state directory must not overwrite each other's key.
-    writeFileSync(path, encodeManifestPrivateKeyPem(key), { flag: "wx", mode: 0o600 });
+    // Exclusive: two agents starting on one state directory must not overwrite each other's key;
+    // durable and atomic: a power cut must not leave a torn key that stops the agent starting.
+    writeFileAtomicSync(path, encodeManifestPrivateKeyPem(key), {
+      mode: 0o600,
+      durable: true,
+      exclusive: true,
+    });
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === "EEXIST")
       return { key: parseManifestPrivateKeyPem(readFileSync(path, "utf8")), created: false, path };

@@ -4,9 +4,9 @@
  * host sessions (src/uart/host.ts) run one at a time over it. Between sessions the console is
  * still decoded so the device's log lines (boot messages, panics) are forwarded.
  */
-import { EspOtaError } from "../src/errors.js";
+import { type ErrorCode, EspOtaError, isEspOtaError } from "../src/errors.js";
 import { FrameDecoder } from "../src/uart/frame.js";
-import { HostSession, type ImageSource } from "../src/uart/host.js";
+import { HostSession, type ImageSource, type SessionStats } from "../src/uart/host.js";
 import type { HostEvent, HostJob, HostTimeouts, Outcome } from "../src/uart/host-machine.js";
 import type { Info } from "../src/uart/messages.js";
 import type { BytePort } from "../src/uart/port.js";
@@ -21,7 +21,22 @@ export interface LinkOptions {
   onLog?: (line: string) => void;
   /** The port closed underneath us (unplugged). */
   onClosed?: () => void;
+  /**
+   * Each host session's decoder counts when it ends, and its failure's code (the agent's UART
+   * frame-error series, docs/metrics.md). Must not throw; a throw is ignored.
+   */
+  onSessionEnd?: (stats: Readonly<SessionStats>, code: ErrorCode | undefined) => void;
 }
+
+/**
+ * What the agent needs of a device link: DeviceLink over a serial port or any BytePort, or a
+ * fake in tests (STYLE.md §9). `onClosed` of its LinkOptions reports a close underneath us; a
+ * close() by the agent itself does not call it.
+ */
+export type AgentLink = Pick<
+  DeviceLink,
+  "path" | "closed" | "info" | "readInfo" | "reboot" | "flash" | "close"
+>;
 
 export class DeviceLink {
   private queue: Promise<unknown> = Promise.resolve();
@@ -120,11 +135,20 @@ export class DeviceLink {
           onEvent?.(e);
         },
       });
+      let code: ErrorCode | undefined;
       try {
         const out = await s.start();
         this.info = out.info;
         return out;
+      } catch (e) {
+        code = isEspOtaError(e) ? e.code : "E_INTERNAL";
+        throw e;
       } finally {
+        try {
+          this.o.onSessionEnd?.(s.stats, code);
+        } catch {
+          // Counting must never change how a session ends.
+        }
         this.sessionClosed = undefined;
         if (!this._closed) this.idle();
       }
@@ -133,7 +157,12 @@ export class DeviceLink {
 
   async readInfo(signal?: AbortSignal): Promise<Info> {
     const out = await this.session(
-      { mode: "info", ...(this.o.timeouts ? { timeouts: this.o.timeouts } : {}) },
+      {
+        mode: "info",
+        // A session cut short leaves the device at the transfer rate: ask there too (§3.3).
+        probeBaud: this.o.transferBaud,
+        ...(this.o.timeouts ? { timeouts: this.o.timeouts } : {}),
+      },
       undefined,
       signal,
       undefined,

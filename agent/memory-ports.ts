@@ -1,5 +1,6 @@
 /**
- * AgentOptions.ports over in-memory UART links (src/sim/fleet-memory.ts): the agent sees each
+ * AgentOptions.ports over in-memory UART links (src/sim/fleet-memory.ts, each device the C
+ * firmware behind a FirmwareEndpoint): the agent sees each
  * device at a port path of its own (`memory:<deviceId>`), present from the start, and opens it
  * with DeviceLink.over instead of a serial port.
  */

@@ -343,7 +343,10 @@ export class PortWatcher {
   private schedule(): void {
     if (!this.running) return;
     this.timer = setTimeout(() => {
-      void this.scan().then(() => this.schedule());
+      // scan() catches its own failures; the catch is the backstop that keeps scanning.
+      this.scan()
+        .catch((e: unknown) => this.report(e))
+        .then(() => this.schedule());
     }, this.intervalMs);
     // The agent's MQTT connection keeps the process alive; a watcher alone should not.
     this.timer.unref();

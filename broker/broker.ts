@@ -13,8 +13,18 @@ import net, { type AddressInfo, type Socket } from "node:net";
 import tls from "node:tls";
 import { Aedes, type AuthenticateError, type Client } from "aedes";
 import { ClassicLevel } from "classic-level";
+import {
+  authenticate,
+  clientIdAllowed,
+  PasswordGate,
+  parseUserEntry,
+  type ScryptHash,
+  type UserEntry,
+} from "../src/auth/users-file.js";
 import { EspOtaError } from "../src/errors.js";
-import { authenticate, parseHash, type ScryptHash } from "./auth.js";
+import { type ListenAddress, type ProbeServer, startProbeServer } from "../src/metrics/http.js";
+import { MAX_PACKET_BYTES, PacketSizeGuard } from "../src/mqtt/packet-size.js";
+import { brokerMetrics } from "./metrics.js";
 
 export interface BrokerOptions {
   /** TCP port. Default 1883, MQTT's registered port (8883 is the usual one for mqtts); 0 = a free port. */
@@ -39,14 +49,28 @@ export interface BrokerOptions {
   };
   /**
    * username -> password hash (`scrypt$N$r$p$salt$key`, from `esp-ota broker passwd`; see
-   * broker/auth.ts). When set, clients must log in, and anonymous ones are refused unless
-   * allowAnonymous. Default: no authentication (fine on loopback, not on a network).
+   * src/auth/users-file.ts), optionally followed by `:` and the client ids the user may connect with
+   * (`id,prefix*`; default: the username, `<username>-*` and `esp-ota-gw-<username>`). When set,
+   * clients must log in, anonymous ones are refused unless allowAnonymous, and a client id is
+   * bound to its user (CONNACK 2 otherwise: nobody can take over a gateway's session). Default:
+   * no authentication (fine on loopback, not on a network; docs/security.md).
    */
   users?: Record<string, string>;
   /** With `users`: also admit clients that send no username. Default false. */
   allowAnonymous?: boolean;
+  /**
+   * The largest MQTT packet accepted, fixed header included; a client that sends a larger one is
+   * disconnected from the packet's first bytes, before it is buffered (src/mqtt/packet-size.ts).
+   * Default 512 KiB: twice the largest message of the MQTT API (docs/broker.md).
+   */
+  maxPacketBytes?: number;
   /** Client connect/disconnect/refusal lines and errors. Default: discarded. */
   onLog?: (line: string) => void;
+  /**
+   * Serve /metrics, /healthz and /readyz here (docs/metrics.md; `--metrics-listen`). Default:
+   * not served. Loopback is the address to give: nothing there is authenticated.
+   */
+  metrics?: ListenAddress;
 }
 
 export interface RunningBroker {
@@ -58,6 +82,10 @@ export interface RunningBroker {
   port: number;
   /** Closes clients, the listener, aedes and the persistence store; the dataDir can be reopened at once. Idempotent. */
   close(): Promise<void>;
+  /** Password checks: the most that ran at once, and CONNECTs refused as busy (src/auth/users-file.ts). */
+  loginChecks(): { peak: number; refused: number };
+  /** http://HOST:PORT of /metrics, /healthz and /readyz, when `metrics` was given. */
+  metricsUrl?: string;
 }
 
 interface Persistence {
@@ -76,7 +104,19 @@ export async function startBroker(o: BrokerOptions = {}): Promise<RunningBroker>
   if (!Number.isInteger(port) || port < 0 || port > 65535)
     throw new RangeError(`port must be an integer 0..65535, got ${port}`);
   const log = o.onLog ?? (() => {});
-  const users = o.users === undefined ? undefined : parseUsers(o.users);
+  const entries = o.users === undefined ? undefined : parseUsers(o.users);
+  const users =
+    entries === undefined
+      ? undefined
+      : (Object.fromEntries(Object.entries(entries).map(([n, e]) => [n, e.hash])) as Record<
+          string,
+          ScryptHash
+        >);
+  const maxPacketBytes = o.maxPacketBytes ?? MAX_PACKET_BYTES;
+  // Checked here so a bad value is a start-up error, not one per connection.
+  new PacketSizeGuard(maxPacketBytes);
+  // One per broker: CONNECT floods wait in (or are refused by) its bounded queue.
+  const gate = new PasswordGate();
   const tlsOptions = o.tls === undefined ? undefined : checkTls(o.tls);
 
   // Without a dataDir aedes keeps its default in-memory persistence, which nothing outlives.
@@ -90,14 +130,28 @@ export async function startBroker(o: BrokerOptions = {}): Promise<RunningBroker>
     aedes = await Aedes.createBroker({
       ...(store ? { persistence: store.persistence } : {}),
       authenticate(client, username, password, done) {
-        authenticate(users, o.allowAnonymous ?? false, username, password).then(
+        authenticate(users, o.allowAnonymous ?? false, username, password, gate).then(
           (d) => {
+            const who = username === undefined ? "anonymous" : `user ${safe(username)}`;
+            // After the password (so a refusal says nothing of which usernames exist), before
+            // aedes registers the client, which is when it would disconnect the id's holder.
+            if (d.ok && entries !== undefined && !clientIdAllowed(entries, username, client.id)) {
+              log(
+                `refused client ${safe(client.id)} (${who}) from ${peer(client)}: client id not allowed for this user`,
+              );
+              done(
+                Object.assign(new Error("client id not allowed"), {
+                  returnCode: 2,
+                }) as AuthenticateError,
+                false,
+              );
+              return;
+            }
             if (d.ok) {
               if (username !== undefined) usernames.set(client, username);
               done(null, true);
               return;
             }
-            const who = username === undefined ? "anonymous" : `user ${safe(username)}`;
             log(`refused client ${safe(client.id)} (${who}) from ${peer(client)}: ${d.reason}`);
             done(
               Object.assign(new Error(d.reason), { returnCode: d.returnCode }) as AuthenticateError,
@@ -126,6 +180,8 @@ export async function startBroker(o: BrokerOptions = {}): Promise<RunningBroker>
   aedes.on("client", (c) => {
     (c as unknown as { duplicates: Record<string, number> }).duplicates = forgetful();
   });
+  // Only when asked for: prom-client's process metrics keep an event-loop monitor running.
+  const metrics = o.metrics ? brokerMetrics(aedes) : undefined;
   aedes.on("clientReady", (c) => {
     const user = usernames.get(c);
     log(`client ${safe(c.id)} connected from ${peer(c)}${user ? ` as ${safe(user)}` : ""}`);
@@ -149,8 +205,24 @@ export async function startBroker(o: BrokerOptions = {}): Promise<RunningBroker>
   (aedes as EventEmitter).on("error", (e: Error) => log(`broker error: ${e.message}`));
 
   const handle = (socket: Socket) => {
-    peers.set(socket, `${formatHost(socket.remoteAddress ?? "?")}:${socket.remotePort}`);
+    const who = `${formatHost(socket.remoteAddress ?? "?")}:${socket.remotePort}`;
+    peers.set(socket, who);
+    metrics?.socket(socket);
     aedes.handle(socket);
+    // Added after aedes' 'readable' listener, so it does not switch the socket to flowing mode:
+    // it sees each chunk as aedes reads it, and a packet over the limit closes the connection
+    // when its fixed header arrives, with at most one read (64 KiB) of it buffered.
+    const guard = new PacketSizeGuard(maxPacketBytes);
+    socket.on("data", (chunk: Buffer) => {
+      const v = guard.feed(chunk);
+      if (v.ok || socket.destroyed) return;
+      log(
+        v.length < 0
+          ? `connection from ${who} closed: a malformed packet length`
+          : `connection from ${who} closed: a packet of ${v.length} bytes is over maxPacketBytes ${maxPacketBytes}`,
+      );
+      socket.destroy();
+    });
   };
   const server = tlsOptions ? tls.createServer(tlsOptions, handle) : net.createServer(handle);
   // Sockets that have not sent CONNECT yet are not aedes clients; close() ends them itself.
@@ -189,17 +261,39 @@ export async function startBroker(o: BrokerOptions = {}): Promise<RunningBroker>
   }
   server.on("error", (e) => log(`listener error: ${e.message}`));
 
+  let closing: Promise<void> | undefined;
+  let probe: ProbeServer | undefined;
+  if (metrics && o.metrics) {
+    try {
+      probe = await startProbeServer({
+        ...o.metrics,
+        registry: metrics.registry,
+        // Ready while the MQTT listener accepts connections (and the store opened, or start failed).
+        ready: () =>
+          server.listening && closing === undefined
+            ? { ok: true }
+            : { ok: false, failing: [closing ? "stopping" : "not listening"] },
+      });
+    } catch (e) {
+      await new Promise<void>((r) => server.close(() => r()));
+      await closeStore();
+      throw e;
+    }
+  }
+
   const addr = server.address() as AddressInfo;
   const wildcard = host === "0.0.0.0" || host === "::" || host === "";
   const urlHost = wildcard ? (addr.family === "IPv6" ? "::1" : "127.0.0.1") : host;
-  let closing: Promise<void> | undefined;
   return {
     url: `${tlsOptions ? "mqtts" : "mqtt"}://${formatHost(urlHost)}:${addr.port}`,
     host: addr.address,
     port: addr.port,
+    loginChecks: () => ({ peak: gate.peak, refused: gate.refused }),
+    ...(probe ? { metricsUrl: probe.url } : {}),
     close() {
       closing ??= (async () => {
         const listenerClosed = new Promise<void>((r) => server.close(() => r()));
+        await probe?.close();
         await closeStore();
         for (const s of sockets) s.destroy();
         await listenerClosed;
@@ -209,10 +303,10 @@ export async function startBroker(o: BrokerOptions = {}): Promise<RunningBroker>
   };
 }
 
-function parseUsers(users: Record<string, string>): Record<string, ScryptHash> {
-  const out: Record<string, ScryptHash> = Object.create(null);
+function parseUsers(users: Record<string, string>): Record<string, UserEntry> {
+  const out: Record<string, UserEntry> = Object.create(null);
   for (const [name, encoded] of Object.entries(users)) {
-    const h = parseHash(encoded);
+    const h = parseUserEntry(encoded);
     if (!h.ok)
       throw new EspOtaError("E_BROKER_USERS", `user ${safe(name)}: ${h.reason}`, { user: name });
     out[name] = h.value;

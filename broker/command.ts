@@ -5,12 +5,14 @@
 import { existsSync } from "node:fs";
 import { resolve } from "node:path";
 import type { Readable } from "node:stream";
-import type { Command } from "commander";
-import { parseIntArg } from "../src/cli/args.js";
+import { type Command, InvalidArgumentError } from "commander";
+import { hashPassword, isUsername, parseUsersFile, setUser } from "../src/auth/users-file.js";
+import { durationArg, parseIntArg } from "../src/cli/args.js";
 import type { CliContext } from "../src/cli/context.js";
+import { TIMER_MAX_MS } from "../src/duration.js";
 import { EspOtaError } from "../src/errors.js";
-import { hashPassword, isUsername, parseUsersFile, setUser } from "./auth.js";
-import { type BrokerOptions, startBroker } from "./broker.js";
+import { isLoopback, type ListenAddress, parseListen } from "../src/metrics/http.js";
+import type { BrokerOptions } from "./broker.js";
 
 interface BrokerCliOptions {
   port: number;
@@ -21,7 +23,18 @@ interface BrokerCliOptions {
   tlsCa?: string;
   users?: string;
   allowAnonymous?: boolean;
+  maxPacketBytes?: number;
   duration?: number;
+  metricsListen?: ListenAddress;
+}
+
+/** `--metrics-listen host:port` (src/metrics/http.ts parseListen); a usage error otherwise. */
+function listenArg(value: string): ListenAddress {
+  try {
+    return parseListen(value);
+  } catch (e) {
+    throw new InvalidArgumentError((e as Error).message);
+  }
 }
 
 export function registerBroker(program: Command, ctx: CliContext): void {
@@ -33,7 +46,7 @@ export function registerBroker(program: Command, ctx: CliContext): void {
     .option("--port <n>", "TCP port; 0 picks a free one (printed)", parseIntArg, 1883)
     .option(
       "--host <addr>",
-      "address to listen on; loopback by default so nothing is exposed by accident (0.0.0.0 to serve a site)",
+      "address to listen on: loopback, so nothing is exposed by accident (0.0.0.0 to serve a site)",
       "127.0.0.1",
     )
     .option(
@@ -51,11 +64,29 @@ export function registerBroker(program: Command, ctx: CliContext): void {
       "require a username and password listed in FILE (made with `esp-ota broker passwd`); default: no authentication",
     )
     .option("--allow-anonymous", "with --users: also admit clients that send no username")
-    .option("--duration <ms>", "stop after this long (default: until SIGINT/SIGTERM)", parseIntArg)
+    .option(
+      "--max-packet-bytes <n>",
+      "disconnect a client that sends an MQTT packet larger than this, before it is buffered (default 524288: twice the largest message of the MQTT API)",
+      parseIntArg,
+    )
+    .option(
+      "--metrics-listen <host:port>",
+      "serve /metrics, /healthz and /readyz (Prometheus) on this address, e.g. 127.0.0.1:9478; port 0 picks a free one (default: not served; docs/metrics.md)",
+      listenArg,
+    )
+    .option(
+      "--duration <time>",
+      "stop after this long, e.g. 30s (default: until SIGINT/SIGTERM)",
+      durationArg(TIMER_MAX_MS),
+    )
     .action(async (o: BrokerCliOptions) => {
       const options = brokerOptions(o, ctx);
+      // aedes and LevelDB load when a broker starts, not for `broker passwd` or `--help`
+      // (src/cli/program.ts, docs/benchmarks.md "CLI start-up").
+      const { startBroker } = await import("./broker.js");
       const running = await startBroker({ ...options, onLog: (line) => ctx.note(line) });
       ctx.print(running.url);
+      if (running.metricsUrl) ctx.note(`broker: metrics on ${running.metricsUrl}/metrics`);
       ctx.note(
         `broker: listening on ${running.url}${o.data ? ` (data in ${o.data})` : " (in memory)"}${options.users ? `, ${Object.keys(options.users).length} user(s)` : ", no authentication"}`,
       );
@@ -125,6 +156,18 @@ export function registerBroker(program: Command, ctx: CliContext): void {
 /** The CLI options as BrokerOptions: files read, users file parsed (coded errors name the file). */
 function brokerOptions(o: BrokerCliOptions, ctx: CliContext): BrokerOptions {
   const out: BrokerOptions = { port: o.port, host: o.host };
+  if (o.metricsListen !== undefined) {
+    out.metrics = o.metricsListen;
+    if (!isLoopback(o.metricsListen.host))
+      ctx.note(
+        `warning: --metrics-listen ${o.metricsListen.host} is not loopback: /metrics is served without authentication to whoever reaches it`,
+      );
+  }
+  if (o.maxPacketBytes !== undefined) {
+    if (!(o.maxPacketBytes >= 64))
+      throw new EspOtaError("E_USAGE", "--max-packet-bytes must be at least 64");
+    out.maxPacketBytes = o.maxPacketBytes;
+  }
   if (o.data !== undefined) out.dataDir = resolve(ctx.cwd, o.data);
   if ((o.tlsCert === undefined) !== (o.tlsKey === undefined))
     throw new EspOtaError("E_USAGE", "--tls-cert and --tls-key go together");

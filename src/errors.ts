@@ -16,9 +16,11 @@ import { imageCodes } from "./error-codes/image.js";
 import { mqttCodes } from "./error-codes/mqtt.js";
 import { otadataCodes } from "./error-codes/otadata.js";
 import { partitionCodes } from "./error-codes/partition.js";
+import { provisionCodes } from "./error-codes/provision.js";
 import { releaseCodes } from "./error-codes/release.js";
 import { releaseBuildCodes } from "./error-codes/release-build.js";
 import { rolloutCodes } from "./error-codes/rollout.js";
+import { romCodes } from "./error-codes/rom.js";
 import { secureBootCodes } from "./error-codes/secure-boot.js";
 import { simCodes } from "./error-codes/sim.js";
 import type { ErrorCodeInfo } from "./error-codes/types.js";
@@ -34,7 +36,9 @@ export const ERROR_AREAS = [
   { title: "Flash encryption", codes: flashEncryptionCodes },
   { title: "Device simulator", codes: simCodes },
   { title: "Simulated fleets", codes: fleetCodes },
+  { title: "Provisioning", codes: provisionCodes },
   { title: "UART OTA protocol", codes: uartCodes },
+  { title: "ROM serial loader", codes: romCodes },
   { title: "Release manifests and keys", codes: releaseCodes },
   { title: "Release build, device registry, image server", codes: releaseBuildCodes },
   { title: "Gateway agent", codes: agentCodes },
@@ -62,13 +66,28 @@ type UnionToIntersection<U> = (U extends unknown ? (x: U) => void : never) exten
 /** Context that helps the user find the fault: a partition label, an offset, a device id, a cause. */
 export type ErrorContext = Readonly<Record<string, string | number | boolean | undefined>>;
 
+/**
+ * The longest message an EspOtaError carries. Messages bound what they quote where they are made
+ * (quote() in src/text.ts); this is the last line of defence for one that does not: a device
+ * status's `error.message` may hold 4096 characters (docs/mqtt-api.md), and one over it made the
+ * status unencodable and locked the device out (issue 12, defect 1).
+ */
+export const MAX_ERROR_MESSAGE = 4000;
+
+export { printable, QUOTE_MAX, quote } from "./text.js";
+
 export class EspOtaError extends Error {
   override readonly name = "EspOtaError";
   readonly code: ErrorCode;
   readonly context: ErrorContext;
 
   constructor(code: ErrorCode, message: string, context: ErrorContext = {}, cause?: unknown) {
-    super(message, cause === undefined ? undefined : { cause });
+    super(
+      message.length > MAX_ERROR_MESSAGE
+        ? `${message.slice(0, MAX_ERROR_MESSAGE - 40)}…(cut, ${message.length} characters)`
+        : message,
+      cause === undefined ? undefined : { cause },
+    );
     this.code = code;
     this.context = context;
   }

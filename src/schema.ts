@@ -10,13 +10,32 @@
 import type { TSchema } from "@sinclair/typebox";
 import { type TypeCheck, TypeCompiler } from "@sinclair/typebox/compiler";
 import { Value } from "@sinclair/typebox/value";
+import { quote } from "./text.js";
 
 const checkers = new WeakMap<TSchema, TypeCheck<TSchema>>();
 
 export interface SchemaError {
-  /** JSON Pointer of the offending value ("" for the root). */
+  /**
+   * JSON Pointer of the offending value ("" for the root), each segment cut to PATH_SEGMENT_MAX
+   * characters with its control characters escaped (quote): it names where the fault is.
+   */
   path: string;
   message: string;
+}
+
+/**
+ * The longest path segment a schema error names. A key is chosen by whoever wrote the value: a
+ * manifest server put a 60 KB unknown key in a manifest, E_MANIFEST_SCHEMA quoted it whole, and
+ * the device's status could not be encoded (issue 12, defect 1). TypeBox's messages themselves
+ * never quote the value, only the schema.
+ */
+export const PATH_SEGMENT_MAX = 64;
+
+function boundedPath(path: string): string {
+  return path
+    .split("/")
+    .map((segment) => quote(segment, PATH_SEGMENT_MAX))
+    .join("/");
 }
 
 export function firstSchemaError(schema: TSchema, value: unknown): SchemaError | undefined {
@@ -28,5 +47,7 @@ export function firstSchemaError(schema: TSchema, value: unknown): SchemaError |
   if (checker.Check(value)) return undefined;
   const first = Value.Errors(schema, value).First();
   // The compiled and the interpreted checker agree; should they not, the value still fails.
-  return first ? { path: first.path, message: first.message } : { path: "", message: "invalid" };
+  return first
+    ? { path: boundedPath(first.path), message: first.message }
+    : { path: "", message: "invalid" };
 }

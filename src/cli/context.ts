@@ -2,9 +2,10 @@
  * The CLI's edge: files and output. Commands get a CliContext so tests run them in-process
  * (test/cli/*.test.ts) against temporary files and captured output.
  */
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import { EspOtaError } from "../errors.js";
+import { writeFileAtomicSync } from "../fs/write-atomic.js";
 
 export interface OutputSink {
   write(chunk: string): unknown;
@@ -59,7 +60,10 @@ export function createContext(
     writeFile(path, data, mode = 0o644) {
       try {
         mkdirSync(dirname(abs(path)), { recursive: true });
-        writeFileSync(abs(path), data, { mode });
+        // Atomic (a reader or a crash never sees half a signed image or key); durable when the
+        // file is a secret. A device or a pipe (/dev/stdout) is written in place.
+        if (isSpecialFile(abs(path))) writeFileSync(abs(path), data, { mode });
+        else writeFileAtomicSync(abs(path), data, { mode, durable: mode === 0o600 });
       } catch (e) {
         throw new EspOtaError(
           "E_FILE_WRITE",
@@ -72,7 +76,8 @@ export function createContext(
     createSecretFile(path, data) {
       try {
         mkdirSync(dirname(abs(path)), { recursive: true });
-        writeFileSync(abs(path), data, { mode: 0o600, flag: "wx" });
+        // A new key: never over an existing file, never torn by a power cut.
+        writeFileAtomicSync(abs(path), data, { mode: 0o600, durable: true, exclusive: true });
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code === "EEXIST") {
           throw new EspOtaError(
@@ -96,4 +101,13 @@ export function createContext(
       stderr.write(`${line}\n`);
     },
   };
+}
+
+/** An existing path that is not a regular file (a device, a FIFO): no temporary file beside it. */
+function isSpecialFile(path: string): boolean {
+  try {
+    return !statSync(path).isFile();
+  } catch {
+    return false;
+  }
 }

@@ -1,8 +1,8 @@
 /**
  * Running a commander program as our CLI: every (sub)command throws instead of exiting, and
- * errors map to exit codes (0 success, 1 a coded failure, 2 a usage error). Kept apart from
- * program.ts, which imports every command, so a program with one command (the gateway daemon,
- * agent/main.ts) loads only what it needs.
+ * errors map to exit codes (0 success, 1 a coded failure, 2 a usage error), and a closed stdout
+ * ends the program quietly. Kept apart from program.ts, the command table, so a program of its
+ * own commands can run without it.
  */
 import { type Command, CommanderError } from "commander";
 import { EspOtaError, isEspOtaError } from "../errors.js";
@@ -25,19 +25,42 @@ export function withCliBehaviour(program: Command, ctx: CliContext): Command {
 /** Builds the program for a context, runs argv, returns the exit code. */
 export async function runProgram(
   argv: readonly string[],
-  build: (ctx: CliContext) => Command,
+  build: (ctx: CliContext) => Command | Promise<Command>,
   stdout: OutputSink = process.stdout,
   stderr: OutputSink = process.stderr,
   cwd: string = process.cwd(),
 ): Promise<number> {
+  exitQuietlyOnBrokenPipe(stdout);
   const ctx = createContext(stdout, stderr, cwd);
-  const program = build(ctx);
   try {
+    const program = await build(ctx);
     await program.parseAsync([...argv], { from: "user" });
     return 0;
   } catch (e) {
     return reportError(e, ctx);
   }
+}
+
+const guarded = new WeakSet<object>();
+
+/**
+ * `esp-ota status | head` closes the pipe after a few lines; the next write fails with EPIPE,
+ * which a stream reports as an 'error' event, and an unhandled one is a stack trace. A closed
+ * stdout means the reader has what it wanted: exit 0 without a word (the shell convention,
+ * minus the SIGPIPE death Node opts out of). Any other stdout error is still a failure. Once
+ * per stream: tests run many programs on one process.
+ */
+export function exitQuietlyOnBrokenPipe(
+  stdout: OutputSink,
+  exit: (code: number) => void = (code) => process.exit(code),
+): void {
+  const s = stdout as Partial<NodeJS.EventEmitter>;
+  if (typeof s.on !== "function" || guarded.has(stdout)) return;
+  guarded.add(stdout);
+  s.on.call(stdout, "error", (e: NodeJS.ErrnoException) => {
+    if (e.code === "EPIPE") exit(0);
+    else throw e;
+  });
 }
 
 function reportError(e: unknown, ctx: CliContext): number {

@@ -11,6 +11,7 @@
 import { setTimeout as sleepTimer } from "node:timers/promises";
 import type { Agent } from "undici";
 import { type ErrorContext, EspOtaError } from "../errors.js";
+import { quote } from "../text.js";
 import { createAgent, discard, get, type Response, type TlsPinning } from "./http.js";
 import {
   backoffDelay,
@@ -257,7 +258,8 @@ async function imageAttempt(
   let phase: "head" | "body" = "head";
   let res: Response | undefined;
   try {
-    res = await get(ctx.dispatcher, ctx.url, headers, ctx.signal, ctx.allowed);
+    // At most the image's bytes are held for the staging file (a 200 to a Range is the whole file).
+    res = await get(ctx.dispatcher, ctx.url, headers, ctx.signal, ctx.allowed, d.size);
     const dec = decideImageResponse(d.size, offset, res.status, res.headers, Date.now());
     if (dec.kind !== "accept") discard(res.body);
     if (dec.kind === "fail")
@@ -275,7 +277,7 @@ async function imageAttempt(
     hooks.onProgress?.(file.offset, d.size);
     phase = "body";
     let tooLarge = false;
-    for await (const chunk of res.body as AsyncIterable<Buffer>) {
+    for await (const chunk of res.body) {
       if (file.offset + chunk.length > d.size) {
         // The endless-data defence: not one byte past the signed size reaches the disk.
         tooLarge = true;
@@ -310,7 +312,7 @@ async function documentAttempt(
   let phase: "head" | "body" = "head";
   let res: Response | undefined;
   try {
-    res = await get(ctx.dispatcher, ctx.url, {}, ctx.signal, ctx.allowed);
+    res = await get(ctx.dispatcher, ctx.url, {}, ctx.signal, ctx.allowed, maxBytes);
     const dec = decideDocumentResponse(maxBytes, res.status, res.headers, Date.now());
     if (dec.kind === "fail") {
       discard(res.body);
@@ -324,7 +326,7 @@ async function documentAttempt(
     const chunks: Buffer[] = [];
     let n = 0;
     let tooLarge = false;
-    for await (const chunk of res.body as AsyncIterable<Buffer>) {
+    for await (const chunk of res.body) {
       if (n + chunk.length > maxBytes) {
         tooLarge = true;
         ctx.abort("E_DOWNLOAD_TOO_LARGE", `the document goes on past ${maxBytes} bytes`);
@@ -366,11 +368,15 @@ const UNLOCATED = new Set<string>([
   "E_DOWNLOAD_FAILED",
 ]);
 
-/** The same error with the download's {url, bytes, attempt} in its context. */
+/**
+ * The same error with the download's {url, bytes, attempt} in its context. The message names the
+ * mirror by a quote of its redacted URL: a notice may list 8 URLs of 2,000 characters, and a
+ * message holding them whole did not fit the device's status (issue 12, defect 1).
+ */
 function withContext(err: EspOtaError, context: ErrorContext): EspOtaError {
   return new EspOtaError(
     err.code,
-    UNLOCATED.has(err.code) ? err.message : `${context.url}: ${err.message}`,
+    UNLOCATED.has(err.code) ? err.message : `${quote(String(context.url))}: ${err.message}`,
     { ...err.context, ...context },
     err.cause,
   );
@@ -383,7 +389,7 @@ function asEspOtaError(e: unknown): EspOtaError {
   // Anything else escaping an attempt is a transport failure the classifier did not see.
   return new EspOtaError(
     "E_DOWNLOAD_NETWORK",
-    `download failed: ${e instanceof Error ? e.message : String(e)}`,
+    `download failed: ${quote(e instanceof Error ? e.message : String(e), 300)}`,
     {},
     e,
   );
@@ -439,7 +445,10 @@ async function acrossMirrors<T>(
       } else if (!urlAllowed(url, allowed)) {
         // Never requested: a notice must not make the gateway reach an arbitrary server.
         last = withContext(
-          new EspOtaError("E_DOWNLOAD_URL_NOT_ALLOWED", `${key} is not under download.allowedUrls`),
+          new EspOtaError(
+            "E_DOWNLOAD_URL_NOT_ALLOWED",
+            `${quote(key)} is not under download.allowedUrls`,
+          ),
           here(),
         );
       } else {
@@ -495,14 +504,18 @@ async function acrossMirrors<T>(
       if (m + 1 < urls.length)
         hooks.onRetry?.({ attempt: attempts, url: key, code: last.code, delayMs: 0 });
     }
-    const summary = failed.map((e) => `${e.context.url}: ${e.code}`).join("; ");
+    // Each mirror by a quote of its URL, and at most 8 of them (a manifest lists at most 8): the
+    // message stays a few hundred characters however many and however long the URLs are.
+    const listed = failed.slice(0, 8).map((e) => `${quote(String(e.context.url))}: ${e.code}`);
+    if (failed.length > listed.length) listed.push(`${failed.length - listed.length} more`);
+    const summary = listed.join("; ");
     throw new EspOtaError(
       "E_DOWNLOAD_FAILED",
       `download failed on every mirror (${summary})`,
       {
         ...here(),
         codes: failed.map((e) => e.code).join(","),
-        errors: failed.map((e) => e.message).join("; "),
+        errors: quote(failed.map((e) => e.message).join("; "), 2000),
       },
       new AggregateError(failed, "the last error of each mirror"),
     );

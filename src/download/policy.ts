@@ -5,6 +5,7 @@
  * and ask these functions what to do. docs/downloads.md is the prose for the same rules.
  */
 import type { ErrorCode } from "../errors.js";
+import { quote } from "../text.js";
 
 /**
  * Per-download limits; the agent configuration's `download.*` keys have the same names
@@ -213,7 +214,10 @@ function commonChecks(
   // A compressed body is not the file's bytes, and its offsets are not the file's offsets.
   const encoding = header(headers, "content-encoding")?.trim().toLowerCase();
   if (encoding !== undefined && encoding !== "" && encoding !== "identity")
-    return fail("E_DOWNLOAD_RESPONSE", `the body is encoded (Content-Encoding: ${encoding})`);
+    return fail(
+      "E_DOWNLOAD_RESPONSE",
+      `the body is encoded (Content-Encoding: ${quote(encoding, 40)})`,
+    );
   const clText = header(headers, "content-length");
   let length: number | undefined;
   if (clText !== undefined) {
@@ -221,7 +225,7 @@ function commonChecks(
     if (!Number.isSafeInteger(length))
       return fail(
         "E_DOWNLOAD_RESPONSE",
-        `Content-Length ${JSON.stringify(clText)} is not a length`,
+        `Content-Length ${JSON.stringify(quote(clText, 40))} is not a length`,
       );
   }
   return { kind: "ok", length, etag: strongEtag(header(headers, "etag")) };
@@ -358,7 +362,7 @@ export function redirectTarget(
     return {
       kind: "fail",
       code: "E_DOWNLOAD_REDIRECT",
-      reason: `a redirect to ${to.protocol} (only http and https are fetched)`,
+      reason: `a redirect to ${quote(to.protocol, 40)} (only http and https are fetched)`,
     };
   // A pinned CA (download.ca) means "only talk to our server": a hop to plain http would drop it.
   if (new URL(from).protocol === "https:" && to.protocol === "http:")
@@ -376,7 +380,10 @@ export function checkUrl(url: string): { ok: true; url: URL } | { ok: false; rea
     return { ok: false, reason: "not an absolute URL" };
   }
   if (u.protocol !== "http:" && u.protocol !== "https:")
-    return { ok: false, reason: `${u.protocol} URLs are not fetched (only http and https)` };
+    return {
+      ok: false,
+      reason: `${quote(u.protocol, 40)} URLs are not fetched (only http and https)`,
+    };
   return { ok: true, url: u };
 }
 
@@ -392,7 +399,7 @@ export function allowListEntryProblem(prefix: string): string | undefined {
     return "not an absolute URL";
   }
   if (u.protocol !== "http:" && u.protocol !== "https:")
-    return `${u.protocol} URLs are never fetched (only http and https)`;
+    return `${quote(u.protocol, 40)} URLs are never fetched (only http and https)`;
   if (u.hostname === "") return "no host";
   if (u.username !== "" || u.password !== "") return "a prefix has no user name or password";
   if (u.search !== "" || u.hash !== "") return "a prefix has no query or fragment";
@@ -528,7 +535,8 @@ export function classifyTransportError(
   const codes = [codeOf(e), codeOf((e as { cause?: unknown } | null)?.cause)].filter(
     (c): c is string => c !== undefined,
   );
-  const msg = e instanceof Error ? e.message : String(e);
+  // Socket and resolver messages name the host, which comes from a notice: quoted, not whole.
+  const msg = quote(e instanceof Error ? e.message : String(e), 200);
   const has = (p: (c: string) => boolean) => codes.some(p);
   if (has((c) => TLS_CODES.has(c) || c.startsWith("ERR_SSL_") || c.startsWith("ERR_TLS_")))
     return { code: "E_DOWNLOAD_TLS", reason: `TLS: ${msg}` };

@@ -14,6 +14,8 @@ import { createReadStream, constants as fsc } from "node:fs";
 import { type FileHandle, mkdir, open, readFile, rename, rm } from "node:fs/promises";
 import { dirname } from "node:path";
 import { EspOtaError } from "../errors.js";
+import { quote } from "../text.js";
+import { strongEtag } from "./policy.js";
 
 export interface Sidecar {
   /** The mirror the bytes came from, redacted (redactUrl); its ETag is only meaningful there. */
@@ -30,7 +32,7 @@ function stagingError(op: string, path: string, e: unknown): EspOtaError {
   const code = (e as { code?: unknown } | null)?.code;
   return new EspOtaError(
     "E_DOWNLOAD_STAGING",
-    `cannot ${op} ${path}: ${e instanceof Error ? e.message : String(e)}`,
+    `cannot ${op} ${quote(path, 300)}: ${quote(e instanceof Error ? e.message : String(e), 300)}`,
     { path, op, ...(typeof code === "string" ? { errno: code } : {}) },
     e,
   );
@@ -224,7 +226,10 @@ async function readSidecar(path: string): Promise<Sidecar | null> {
     const v = JSON.parse(text) as Partial<Sidecar>;
     if (
       typeof v.url === "string" &&
-      (v.etag === null || typeof v.etag === "string") &&
+      // Only an ETag the downloader itself would have kept (strongEtag): it is sent back as
+      // If-Range, and a header value with CR LF in it failed every request (a sidecar is a
+      // file in the state directory, hostile until checked).
+      (v.etag === null || (typeof v.etag === "string" && strongEtag(v.etag) === v.etag)) &&
       typeof v.size === "number" &&
       typeof v.sha256 === "string"
     )

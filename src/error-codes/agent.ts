@@ -59,7 +59,8 @@ export const agentCodes = {
     action: "Reconnect the device; nothing else is needed.",
   },
   E_AGENT_UNKNOWN_DEVICE: {
-    meaning: "A command named a device that is not attached to this gateway.",
+    meaning:
+      "A command named a device that is not attached to this gateway (only that: a command with nothing to act on on an attached device is E_AGENT_NO_JOB).",
     action: "Check the device id (`esp-ota status` lists devices and their gateways).",
   },
   E_AGENT_BUSY: {
@@ -71,6 +72,40 @@ export const agentCodes = {
       "The agent's state directory could not be read or written (permissions, disk full, a corrupt file).",
     action:
       "Check stateDir in the config: it must be writable by the agent. A corrupt ledger file is renamed *.corrupt and the device starts afresh.",
+  },
+  E_AGENT_LEDGER_CORRUPT: {
+    meaning:
+      "A device's ledger in the state directory was not a valid ledger (not JSON, or a field of the wrong type or shape). It was renamed *.corrupt and the device started afresh, keeping every well-formed high-water mark found in it; the log line says whether one was kept.",
+    action:
+      "Inspect stateDir/devices/<deviceId>.json.corrupt (hand edits and other programs are the usual cause) and delete it when done. If the log says no high-water mark was kept, the next release installed sets one again; until then only the downgrade policy and the device's eFuse secure_version refuse an older release.",
+  },
+  E_AGENT_ERASE_BUDGET: {
+    meaning:
+      "The update would make the device start a transfer afresh (erasing otadata's inactive sector and the slot), and the device already did so as often as the erase budget allows within the hour. Refused to protect its flash from notice churn; nothing was sent to the device.",
+    action:
+      "Wait until the time the message names and publish the notice again. Frequent supersedes or re-issues of different releases cause this; a notice for the image already partly on the device resumes without erasing and is not refused.",
+  },
+  E_AGENT_NO_JOB: {
+    meaning:
+      "A `cancel` or `retry` command had nothing to act on: no update in flight to cancel, or no earlier update to retry. The device is attached.",
+    action: "Check the device's status (`esp-ota status`); publish a notice to start an update.",
+  },
+  E_AGENT_DEVICE_INFO: {
+    meaning:
+      "A device on a serial port sent an INFO the gateway cannot report: a chip name, slot label or app descriptor field longer than the MQTT schemas allow (docs/mqtt-api.md). That device is not attached; the others are served. The agent tries the port again with a growing delay.",
+    action:
+      "Check the firmware on that port (`esp-ota device info --port PORT`): the OTA component reports esptool's chip name and the partition table's labels, which are never this long.",
+  },
+  E_AGENT_DEVICE_CONFLICT: {
+    meaning:
+      "Two serial ports report the same device id (MAC): the port that served it first keeps it, the other is not attached and is listed under `conflicts` in the inventory. When either port goes away, the other is identified again.",
+    action:
+      "Find the two ports in the log line or the inventory and unplug the device that should not be there (a cloned MAC, or a board moved to another port before its old port was seen to go, which heals by itself).",
+  },
+  E_AGENT_TOO_MANY_DEVICES: {
+    meaning:
+      "The gateway already serves 256 devices, the most its inventory lists (docs/mqtt-api.md); the new one is not attached. The agent tries again with a growing delay.",
+    action: "Spread the devices over more gateways.",
   },
   E_AGENT_NO_ROLLBACK_INFO: {
     meaning:

@@ -16,6 +16,12 @@ export const commonCodes = {
     action:
       "Check that the directory exists, that there is free space and that you may write there.",
   },
+  E_METRICS_LISTEN: {
+    meaning:
+      "A daemon (the gateway agent's `metrics.listen`, the broker's `--metrics-listen`) could not serve /metrics, /healthz and /readyz on the address and port: another program holds the port, or the address is not one of this machine's.",
+    action:
+      "Pick another port (`ss -ltnp 'sport = :9477'` names what holds it; port 0 chooses a free one) or fix the host (docs/metrics.md).",
+  },
   E_INTERNAL: {
     meaning: "A bug: something happened that the code believed impossible.",
     action:

@@ -46,6 +46,12 @@ export const mqttCodes = {
     meaning: "A gateway's command handler failed unexpectedly while answering a command.",
     action: "Read the gateway's log around the time of the command; retry the command.",
   },
+  E_MQTT_REPLY_REFUSED: {
+    meaning:
+      'A gateway did not answer a command because its reply address (MQTT 5 response topic or `replyTo`) is not under the gateway\'s reply space `<prefix>/replies/<clientId>` (docs/mqtt-api.md "Commands"): a command must not make a gateway publish anywhere else. The gateway logs the refusal.',
+    action:
+      "Send commands with `esp-ota` tools or any client that replies to `<prefix>/replies/<its client id>`.",
+  },
   E_MQTT_UNKNOWN_DEVICE: {
     meaning:
       "Nothing on the broker mentions the device: no status, no desired update, and no gateway inventory lists it.",

@@ -44,6 +44,12 @@ export const releaseBuildCodes = {
     action:
       "The message names the file and field. Restore it from your backup of the registry; never edit records by hand (they hold the device's key).",
   },
+  E_REGISTRY_PERMISSIONS: {
+    meaning:
+      "The device registry's devices/ directory or a device record (which holds the device's flash-encryption key) can be read by other users (group or other permission bits set), or belongs to another user.",
+    action:
+      "Run `chmod 700 DIR DIR/devices && chmod 600 DIR/devices/*.json` as the registry's owner (or run as that user), then consider whether the keys have leaked: a leaked flash-encryption key lets its holder read and forge that device's flash.",
+  },
   E_REGISTRY_IMPORT: {
     meaning:
       "A line of a `devices import` file is not `MAC,CHIP,PARTITION_TABLE,KEY_FILE[,FLASH_CRYPT_CONF[,SECURE_VERSION]]`.",
@@ -94,8 +100,9 @@ export const releaseBuildCodes = {
       "Give the URL the output directory will be published under, e.g. https://updates.example.com/releases/1.2.0/.",
   },
   E_RELEASE_EXPIRES: {
-    meaning: "--expires is not a duration like 30d, 12h, 90m or 3600s.",
-    action: "Give a positive whole number followed by d, h, m or s.",
+    meaning: "--expires is not a duration like 30d, 12h, 90m, 3600s or 1.5h.",
+    action:
+      'Give a positive number followed by its unit: ms, s, m, h or d (docs/cli.md, "Conventions").',
   },
   E_RELEASE_WRITE: {
     meaning: "Writing a ciphertext to the output directory failed.",

@@ -45,6 +45,45 @@ export const rolloutCodes = {
     action:
       "Check that process (is it connected to the broker?). If it is gone, wait until its heartbeat is stale (3 heartbeats) and run the command again: it then applies the change itself.",
   },
+  E_ROLLOUT_NOT_APPLICABLE: {
+    meaning:
+      "The operator input does not apply to the rollout as it is: retry-failed with no failed device, next-wave at the last wave or on a rollout that ended, or a start before the rollout began.",
+    action:
+      "Look at the rollout (`esp-ota rollout status ID` or the console) and pick the input that applies: resume, abort, or a new rollout.",
+  },
+  E_CONSOLE_USERS_FILE: {
+    meaning:
+      "The console's users file (--users) is not usable: a line is not `username:scrypt$N$r$p$salt$key:role` with role operator or viewer, or it lists no user.",
+    action:
+      'Make each hash with `esp-ota broker passwd --file F USER` and add `:operator` or `:viewer` to its line (docs/console.md "Users").',
+  },
+  E_CONSOLE_AUTH: {
+    meaning:
+      "The console refused the request: no session (not logged in, or the session expired after 12 hours), or a wrong user name, password or token.",
+    action: 'Log in again; the users are in the console\'s --users file (docs/console.md "Users").',
+  },
+  E_CONSOLE_FORBIDDEN: {
+    meaning: "A viewer asked the console for an action: viewers may watch, not act.",
+    action:
+      'Ask an operator, or give the user the operator role in the console\'s users file (docs/console.md "Users").',
+  },
+  E_CONSOLE_CSRF: {
+    meaning:
+      "A console action came without the session's CSRF token (x-csrf-token), as a request forged by another site would.",
+    action:
+      "Act from the console's own page (reload it); scripts log in first and send the token, or use the bearer token (--token-env).",
+  },
+  E_CONSOLE_ORIGIN: {
+    meaning:
+      "A console action came from a page of another origin (its Origin header names another host).",
+    action:
+      "Use the console's own page. Behind a reverse proxy, pass the Host and Origin headers through unchanged.",
+  },
+  E_CONSOLE_BUSY: {
+    meaning:
+      "The console is at a limit: too many password checks at once (2 running, 16 waiting) or too many live pages (64).",
+    action: "Try again in a moment; close console tabs nobody watches.",
+  },
   E_ROLLOUT_INDEX: {
     meaning:
       "The release directory has no usable index.json (the file `esp-ota release build --out DIR` writes), or a manifest it names cannot be read.",

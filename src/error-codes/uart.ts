@@ -73,6 +73,24 @@ export const uartCodes = {
     action:
       "Read the device log printed with the error; the new slot's otadata entry says ABORTED or INVALID.",
   },
+  E_UART_FLASH_ERROR: {
+    meaning:
+      "The device answered FLASH_ERROR: an esp_partition_* call (erase, write, read, otadata invalidation) failed on the device. Its message carries the esp_err_t. Nothing was activated.",
+    action:
+      "Retry once; if it repeats, the flash may be worn or failing: read the device log, run `esp-ota device info`, and replace the board if the error persists.",
+  },
+  E_UART_BAD_STATE: {
+    meaning:
+      "The device answered BAD_STATE: the request is not allowed in the state it is in (docs/uart-protocol.md §6.1), e.g. ACTIVATE before a verified END. The host and the device disagree on where the session is.",
+    action:
+      "Run the command again: a new session starts from HELLO. If it repeats, check that host and firmware implement the same protocol version.",
+  },
+  E_UART_RESET_LOOP: {
+    meaning:
+      "The device reset again and again during one transfer (more times than the session resumes): a brown-out, a watchdog or a crash in the app's OTA task, not a noisy cable.",
+    action:
+      "Read the device log lines in the error (a panic or brown-out shows there); check the power supply. The transfer resumes from the device's progress record once it stays up.",
+  },
   E_UART_CONFIRM_TIMEOUT: {
     meaning:
       "The new app booted but did not confirm itself (mark valid) in time. It stays PENDING_VERIFY; the next reset rolls it back.",

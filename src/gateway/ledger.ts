@@ -4,11 +4,13 @@
  * (never backwards, exactly one final status per release), and what survives a restart. The
  * agent (agent/) persists the ledger atomically before it publishes anything derived from it.
  */
+import { type Static, Type } from "@sinclair/typebox";
 import type { ErrorCode } from "../errors.js";
 import type { DeviceStatus, RunningApp, UpdateNotice, UpdateState } from "../mqtt/messages.js";
-import { FINAL_STATES, UPDATE_STATES } from "../mqtt/messages.js";
+import { FINAL_STATES, noticeEcho, parseMessage, UPDATE_STATES } from "../mqtt/messages.js";
 import type { TrustPolicy } from "../release/keyring.js";
 import type { ManifestVariant } from "../release/manifest.js";
+import { firstSchemaError } from "../schema.js";
 
 /** The named steps of one update (STYLE.md §4), in order; each appears in logs and errors. */
 export const STEPS = [
@@ -89,6 +91,14 @@ export interface DeviceLedger {
   pending?: UpdateNotice;
   /** The last status published (republished as is after a restart). */
   lastStatus?: DeviceStatus;
+  /**
+   * When the device was last made to start a transfer afresh (a BEGIN its progress record
+   * does not resume: otadata's inactive sector and the slot are erased), newest last, at most
+   * the erase budget's `cycles` (issue 12 defect 6; eraseBudgetLeft).
+   */
+  erases?: string[];
+  /** The last notice refused with a final status: the same notice again is not answered twice. */
+  refused?: { releaseId: string; issuedAt: string; rolloutId?: string; code: string };
 }
 
 /** A release counter accepted for the device: a high-water mark. */
@@ -154,8 +164,154 @@ export function newLedger(deviceId: string): DeviceLedger {
   return { format: 1, deviceId, seq: 0 };
 }
 
+// ---- the ledger's shape on disk (issue 12 defect 9) ------------------------------------------
+// A ledger that was valid JSON with a wrong type in it (`marks: 5`, a job without a notice)
+// passed the old check of three fields and crashed the agent at the next notice. Every field is
+// checked on load; the notices and statuses in it by the MQTT schemas they were parsed with.
+
+const Iso = Type.String({ minLength: 1, maxLength: 40 });
+const Id = Type.String({ pattern: "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$" });
+const Counter = Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER });
+const KeyId = Type.String({ pattern: "^[0-9a-f]{32}$" });
+
+const CounterMarkSchema = Type.Object({
+  counter: Counter,
+  releaseId: Id,
+  keyIds: Type.Optional(Type.Array(KeyId, { maxItems: 64 })),
+});
+
+const VariantSchema = Type.Object({
+  slot: Type.String({ minLength: 1, maxLength: 16 }),
+  offset: Type.Integer({ minimum: 0, maximum: 0xffffffff }),
+  size: Type.Integer({ minimum: 1, maximum: 0xffffffff }),
+  sha256: Type.String({ pattern: "^[0-9a-f]{64}$" }),
+  urls: Type.Array(Type.String({ maxLength: 2048 }), { minItems: 1, maxItems: 8 }),
+});
+
+const RunningAppSchema = Type.Object({
+  project: Type.String({ maxLength: 32 }),
+  version: Type.String({ maxLength: 32 }),
+  secureVersion: Counter,
+  slot: Type.String({ maxLength: 16 }),
+  offset: Type.Integer({ minimum: 0, maximum: 0xffffffff }),
+  state: Type.String({ maxLength: 32 }),
+});
+
+const FinalStateSchema = Type.Union(
+  (["succeeded", "rolled-back", "failed", "cancelled"] as const).map((x) => Type.Literal(x)),
+);
+
+/** Notices and statuses are checked by parseMessage (their own schemas), not here. */
+const Message = Type.Unknown();
+
+const JobSchema = Type.Object({
+  notice: Message,
+  step: Type.Union(STEPS.map((x) => Type.Literal(x))),
+  startedAt: Iso,
+  manifestText: Type.Optional(Type.String({ maxLength: 1 << 20 })),
+  variant: Type.Optional(VariantSchema),
+  targetVersion: Type.Optional(Type.String({ maxLength: 32 })),
+  previous: Type.Optional(RunningAppSchema),
+  staging: Type.Optional(Type.String({ minLength: 1, maxLength: 4096 })),
+});
+
+export const DeviceLedgerSchema = Type.Object({
+  format: Type.Literal(1),
+  deviceId: Id,
+  seq: Counter,
+  highWater: Type.Optional(CounterMarkSchema),
+  marks: Type.Optional(Type.Array(CounterMarkSchema, { maxItems: MAX_SIGNER_SETS })),
+  lastFinal: Type.Optional(Type.Object({ releaseId: Id, state: FinalStateSchema, at: Iso })),
+  job: Type.Optional(JobSchema),
+  lastNotice: Type.Optional(Message),
+  pending: Type.Optional(Message),
+  lastStatus: Type.Optional(Message),
+  erases: Type.Optional(Type.Array(Iso, { maxItems: 1024 })),
+  refused: Type.Optional(
+    Type.Object({
+      releaseId: Id,
+      issuedAt: Iso,
+      rolloutId: Type.Optional(Id),
+      code: Type.String({ pattern: "^E_[A-Z0-9_]+$" }),
+    }),
+  ),
+});
+
+/** What a ledger that failed its check still holds that must not be lost. */
+export interface LedgerSalvage {
+  /** The anti-rollback marks that are themselves well-formed (the highest first). */
+  marks: CounterMark[];
+  /** The status seq, when it is a number (the next status must be above it). */
+  seq: number | undefined;
+}
+
+export type LedgerCheck =
+  | { ok: true; ledger: DeviceLedger }
+  | { ok: false; reason: string; salvage: LedgerSalvage };
+
+/**
+ * Checks a parsed ledger file against the whole shape (pure). On failure, `salvage` holds every
+ * well-formed high-water mark found in it, so a ledger damaged elsewhere (a job, a status) does
+ * not silently lose the device's anti-rollback mark (docs/operations.md "State directory").
+ */
+export function checkLedger(value: unknown, deviceId: string): LedgerCheck {
+  const bad = (reason: string): LedgerCheck => ({ ok: false, reason, salvage: salvage(value) });
+  const shape = firstSchemaError(DeviceLedgerSchema, value);
+  if (shape) return bad(`${shape.path || "/"}: ${shape.message}`);
+  const l = value as Static<typeof DeviceLedgerSchema>;
+  if (l.deviceId !== deviceId) return bad(`the ledger is for ${l.deviceId}, not ${deviceId}`);
+  const message = (kind: "notice" | "status", v: unknown, where: string) => {
+    if (v === undefined) return undefined;
+    const p = parseMessage(kind, JSON.stringify(v));
+    return p.ok ? undefined : `${where}: ${p.reason}`;
+  };
+  const problem =
+    message("notice", l.job?.notice, "/job/notice") ??
+    message("notice", l.lastNotice, "/lastNotice") ??
+    message("notice", l.pending, "/pending") ??
+    message("status", l.lastStatus, "/lastStatus");
+  if (problem) return bad(problem);
+  return { ok: true, ledger: value as DeviceLedger };
+}
+
+function salvage(value: unknown): LedgerSalvage {
+  const out: LedgerSalvage = { marks: [], seq: undefined };
+  if (typeof value !== "object" || value === null) return out;
+  const v = value as Record<string, unknown>;
+  if (Number.isSafeInteger(v.seq) && (v.seq as number) >= 0) out.seq = v.seq as number;
+  const isMark = (m: unknown): m is CounterMark => {
+    if (typeof m !== "object" || m === null) return false;
+    const x = m as Record<string, unknown>;
+    return (
+      Number.isSafeInteger(x.counter) &&
+      (x.counter as number) >= 0 &&
+      typeof x.releaseId === "string" &&
+      /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(x.releaseId) &&
+      (x.keyIds === undefined ||
+        (Array.isArray(x.keyIds) &&
+          x.keyIds.length <= 64 &&
+          x.keyIds.every((k) => typeof k === "string" && /^[0-9a-f]{32}$/.test(k))))
+    );
+  };
+  const found = [...(Array.isArray(v.marks) ? v.marks : []), v.highWater].filter(isMark);
+  const l = newLedger("salvage");
+  for (const m of found.sort((a, b) => a.counter - b.counter))
+    recordMark(l, {
+      counter: m.counter,
+      releaseId: m.releaseId,
+      ...(m.keyIds ? { keyIds: m.keyIds } : {}),
+    });
+  out.marks = l.marks ?? [];
+  return out;
+}
+
 export type NoticeDecision =
   | { action: "ignore"; reason: string }
+  /**
+   * Not run, and answered with a final `failed` status carrying `code` (issue 12 defect 16: a
+   * notice refused without a status left its rollout waiting for the wave timeout).
+   */
+  | { action: "refuse"; code: ErrorCode; reason: string; notice: UpdateNotice }
   | { action: "start"; notice: UpdateNotice }
   /** Cancel the running job (final status `cancelled` with `code`), then start `notice` if any. */
   | { action: "cancel"; code: ErrorCode; reason: string; next?: UpdateNotice }
@@ -183,10 +339,24 @@ export function decideNotice(
       reason: `the desired update was cleared while ${job.notice.releaseId} was at ${job.step}`,
     };
   }
-  if (notice.deviceId !== l.deviceId)
-    return { action: "ignore", reason: `notice is for ${notice.deviceId}, not ${l.deviceId}` };
   if (job?.notice.releaseId === notice.releaseId)
     return { action: "ignore", reason: `${notice.releaseId} is already in flight (duplicate)` };
+  const r = l.refused;
+  if (
+    r &&
+    r.releaseId === notice.releaseId &&
+    r.issuedAt === notice.issuedAt &&
+    r.rolloutId === notice.rolloutId
+  )
+    // The retained notice seen again (a reconnect): its refusal is already the last word.
+    return { action: "ignore", reason: `${notice.releaseId} was already refused (${r.code})` };
+  if (notice.deviceId !== l.deviceId)
+    return {
+      action: "refuse",
+      code: "E_AGENT_NOTICE_INVALID",
+      reason: `the notice names device ${notice.deviceId}, but its topic is ${l.deviceId}'s`,
+      notice,
+    };
   if (!job && l.lastFinal?.releaseId === notice.releaseId) {
     // A release that succeeded or rolled back is done: running it again gives the same answer.
     // One that failed or was cancelled (a transient error, an aborted rollout) runs again when
@@ -203,8 +373,10 @@ export function decideNotice(
   const mark = effectiveMark(l, trust);
   if (mark && notice.counter < mark.counter)
     return {
-      action: "ignore",
-      reason: `counter ${notice.counter} is below the high-water mark ${mark.counter} (replayed or stale notice)`,
+      action: "refuse",
+      code: "E_MANIFEST_COUNTER",
+      reason: `counter ${notice.counter} is below the device's high-water mark ${mark.counter} (replayed or stale notice)`,
+      notice,
     };
   if (!job) return { action: "start", notice };
   if (pastPointOfNoReturn(job.step)) return { action: "defer", notice };
@@ -214,6 +386,95 @@ export function decideNotice(
     reason: `${job.notice.releaseId} was replaced by ${notice.releaseId} at ${job.step}`,
     next: notice,
   };
+}
+
+/**
+ * The final status that answers a refused notice (pure): `failed` at parseNotice with the code,
+ * naming the notice (its release, rollout and digest, so the rollout that published it counts
+ * it) and nothing of the job in flight, which goes on. The caller signs, records and publishes.
+ */
+export function refusalStatus(
+  l: DeviceLedger,
+  d: Extract<NoticeDecision, { action: "refuse" }>,
+  gatewayId: string,
+  now: Date,
+): DeviceStatus {
+  const at = now.toISOString();
+  const n = d.notice;
+  return {
+    format: 1,
+    deviceId: l.deviceId,
+    gatewayId,
+    seq: l.seq + 1,
+    state: "failed",
+    step: "parseNotice",
+    ...noticeEcho(n),
+    error: { code: d.code, message: d.reason.slice(0, 512), step: "parseNotice" },
+    startedAt: at,
+    finishedAt: at,
+    updatedAt: at,
+  };
+}
+
+/** Records a refusal in the ledger once its status is built (the same notice is then ignored). */
+export function recordRefusal(
+  l: DeviceLedger,
+  d: Extract<NoticeDecision, { action: "refuse" }>,
+  status: DeviceStatus,
+): void {
+  l.seq = status.seq;
+  l.lastStatus = status;
+  l.refused = {
+    releaseId: d.notice.releaseId,
+    issuedAt: d.notice.issuedAt,
+    ...(d.notice.rolloutId ? { rolloutId: d.notice.rolloutId } : {}),
+    code: d.code,
+  };
+}
+
+// ---- erase budget (issue 12 defect 6) ----------------------------------------------------------
+
+/**
+ * How often one device may be made to start a transfer afresh. Each fresh BEGIN erases
+ * otadata's inactive sector and the slot's sectors again (docs/uart-protocol.md §6.2); notice
+ * churn (supersede, re-issue) did it every 2 s, which wears a NOR sector's ~100,000 erase cycles
+ * out in days. 4 an hour still leaves a rollout, a corrective release and two retries room, and
+ * makes 100,000 cycles last about three years of continuous abuse.
+ */
+export interface EraseBudget {
+  cycles: number;
+  windowMs: number;
+}
+export const DEFAULT_ERASE_BUDGET: EraseBudget = { cycles: 4, windowMs: 3_600_000 };
+
+/** The erases that count now: within the window either side of `now` (a clock set back counts too). */
+function recentErases(l: DeviceLedger, b: EraseBudget, now: Date): number[] {
+  const t = now.getTime();
+  return (l.erases ?? [])
+    .map((x) => Date.parse(x))
+    .filter((x) => Number.isFinite(x) && Math.abs(t - x) < b.windowMs);
+}
+
+/**
+ * Whether the device may be made to erase once more now, and if not, when it may again (the
+ * oldest counted erase leaving the window).
+ */
+export function eraseBudgetLeft(
+  l: DeviceLedger,
+  b: EraseBudget,
+  now: Date,
+): { ok: true; left: number } | { ok: false; until: Date } {
+  const recent = recentErases(l, b, now);
+  if (recent.length < b.cycles) return { ok: true, left: b.cycles - recent.length };
+  return { ok: false, until: new Date(Math.min(...recent) + b.windowMs) };
+}
+
+/** Counts one fresh transfer start (keeps only the erases that still count). */
+export function recordErase(l: DeviceLedger, b: EraseBudget, now: Date): void {
+  const kept = recentErases(l, b, now)
+    .sort((x, y) => x - y)
+    .slice(-Math.max(0, b.cycles - 1));
+  l.erases = [...kept.map((x) => new Date(x).toISOString()), now.toISOString()];
 }
 
 /**

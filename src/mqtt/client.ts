@@ -19,6 +19,7 @@ import {
   encodeMessage,
   parseMessage,
 } from "./messages.js";
+import { MAX_PACKET_BYTES } from "./packet-size.js";
 import { isTopicId, matchesFilter, parseTopic } from "./topics.js";
 
 export interface MqttConnectOptions {
@@ -44,7 +45,17 @@ export interface MqttConnectOptions {
   keepalive?: number;
   /** Default true; the agent uses false + a fixed clientId (persistent session). */
   clean?: boolean;
-  will?: { topic: string; payload: Uint8Array; retain: boolean; qos: 0 | 1 };
+  /**
+   * The last will. `payload` may be a function: it is called for every CONNECT (the first and
+   * each reconnect), so a will can say which connection it ends (the agent's presence seq).
+   */
+  will?: { topic: string; payload: Uint8Array | (() => Uint8Array); retain: boolean; qos: 0 | 1 };
+  /**
+   * Installed on the client before it connects: a persistent session's queued messages arrive
+   * right behind the CONNACK, and a listener attached after connectMqtt resolves may miss them
+   * (issue 12 defect 16: a queued command was dropped after a crash).
+   */
+  onMessage?: (client: MqttClient, topic: string, payload: Buffer, packet: IPublishPacket) => void;
   /** Default 10000: how long connectMqtt keeps trying (a broker starting at the same time is fine). */
   connectTimeoutMs?: number;
   /** Default 1000 (mqtt.js reconnects forever after the first connect). */
@@ -159,20 +170,33 @@ function clientOptions(o: MqttConnectOptions, version: 4 | 5, timeoutMs: number)
     ...(o.cert !== undefined ? { cert: buf(o.cert) } : {}),
     ...(o.key !== undefined ? { key: buf(o.key) } : {}),
     rejectUnauthorized: o.rejectUnauthorized ?? true,
-    ...(version === 5 && !clean
-      ? { properties: { sessionExpiryInterval: SESSION_NEVER_EXPIRES } }
+    // MQTT 5 §3.1.2.11.4: the broker must not send this client a packet over MAX_PACKET_BYTES
+    // (Mosquitto drops such a message for it), so a huge retained message cannot fill the
+    // gateway's memory (issue 12, defect 7). MQTT 3.1.1 has no such field: there the broker's
+    // own limit (the embedded broker's maxPacketBytes, Mosquitto's max_packet_size) bounds it.
+    ...(version === 5
+      ? {
+          properties: {
+            maximumPacketSize: MAX_PACKET_BYTES,
+            ...(!clean ? { sessionExpiryInterval: SESSION_NEVER_EXPIRES } : {}),
+          },
+        }
       : {}),
     ...(o.will
       ? {
           will: {
             topic: o.will.topic,
-            payload: Buffer.from(o.will.payload),
+            payload: willPayload(o.will.payload),
             retain: o.will.retain,
             qos: o.will.qos,
           },
         }
       : {}),
   };
+}
+
+function willPayload(p: Uint8Array | (() => Uint8Array)): Buffer {
+  return Buffer.from(typeof p === "function" ? p() : p);
 }
 
 /** One protocol version: resolves on CONNACK 0, retries transient failures until the deadline. */
@@ -187,7 +211,18 @@ function attempt(
   // An 'error' event without a listener throws (node:events); later errors (a reconnect that is
   // refused) show as 'offline'/'close' to callers that care, so one listener stays for good.
   client.on("error", () => {});
-  holdEarlyMessages(client);
+  const will = o.will;
+  if (will && typeof will.payload === "function") {
+    const make = will.payload;
+    // mqtt.js builds each reconnect's CONNECT from client.options.will (client.js, connect
+    // packet): a fresh payload before every reconnect.
+    client.on("close", () => {
+      if (client.options.will) client.options.will.payload = willPayload(make);
+    });
+  }
+  const onMessage = o.onMessage;
+  if (onMessage) client.on("message", (t, p, packet) => onMessage(client, t, p, packet));
+  else holdEarlyMessages(client);
   return new Promise<MqttClient>((resolve, reject) => {
     let last = "";
     const cleanup = () => {
@@ -495,30 +530,68 @@ function salvage(payload: Buffer): { replyTo?: string; correlationId?: string; c
 
 const COMMANDS: readonly CommandName[] = ["info", "cancel", "retry", "reboot"];
 
-/**
- * The responder side (the agent): subscribes to `topic`, parses each CommandRequest (bad ones get
- * an ok:false response with E_MQTT_MESSAGE_* if a reply address is known), calls handler,
- * publishes the response to the request's responseTopic property or replyTo, echoing correlation
- * data. Returns an unsubscribe function.
- *
- * When `topic` is `<prefix>/gateways/<id>/commands`, a reply address elsewhere under `<prefix>`
- * than `<prefix>/replies/<id>` is refused: a request must not make the gateway publish on its own
- * notice or status topics.
- */
-export function serveCommands(
+/** Why a command got no answer or an error answer, for the responder's log (bounded). */
+export interface CommandRefusal {
+  code: ErrorCode;
+  /** At most 200 characters; the request's own text is never quoted whole. */
+  reason: string;
+  command?: string;
+  /** The refused reply address, cut to 200 characters. */
+  replyTo?: string;
+}
+
+export interface CommandResponderOptions {
+  /**
+   * Called for every request that was malformed or whose reply address was refused: the
+   * conventions say "logged and dropped" (issue 13 item 15). Default: nothing.
+   */
+  onRefused?: (r: CommandRefusal) => void;
+}
+
+/** A `(client, topic, payload, packet)` message listener answering commands on one topic. */
+export type CommandListener = (
   client: MqttClient,
   topic: string,
+  payload: Buffer,
+  packet: IPublishPacket,
+) => void;
+
+const cut = (s: string, n = 200) => (s.length > n ? `${s.slice(0, n)}…` : s);
+
+/**
+ * The responder side (the agent), without subscribing: parses each CommandRequest on `topic`
+ * (bad ones get an ok:false response with E_MQTT_MESSAGE_* if a reply address is usable), calls
+ * handler, publishes the response to the request's responseTopic property or replyTo, echoing
+ * correlation data. Made before the client connects and passed to connectMqtt's `onMessage`, it
+ * also answers the commands a persistent session queued while the gateway was away (issue 12
+ * defect 16).
+ *
+ * When `topic` is `<prefix>/gateways/<id>/commands`, the reply address must be in the prefix's
+ * reply space, `<prefix>/replies/<clientId>` (docs/mqtt-api.md "Commands"; issue 12 defect 12):
+ * anything else, under the prefix or outside it, is refused (E_MQTT_REPLY_REFUSED, logged), so
+ * a request cannot make the gateway publish on its own notice or status topics, nor on another
+ * application's topics. Any other `topic` (tests, custom deployments) allows any reply address.
+ */
+export function commandResponder(
+  topic: string,
   handler: (req: CommandRequest) => Promise<CommandResponse>,
-): () => Promise<void> {
+  o: CommandResponderOptions = {},
+): CommandListener {
   const prefix = prefixOfCommands(topic);
   const levelBeforeLast = topic.split("/").at(-2) ?? "";
   const gatewayId = isTopicId(levelBeforeLast) ? levelBeforeLast : "unknown";
   const allowed = (replyTo: string) =>
-    prefix === undefined ||
-    !replyTo.startsWith(`${prefix}/`) ||
-    parseTopic(prefix, replyTo)?.kind === "replies";
+    prefix === undefined || parseTopic(prefix, replyTo)?.kind === "replies";
+  const refused = (r: CommandRefusal) => {
+    try {
+      o.onRefused?.(r);
+    } catch {
+      // A logger that throws must not stop the responder.
+    }
+  };
 
   const answer = async (
+    client: MqttClient,
     replyTo: string,
     correlationData: Buffer | undefined,
     response: CommandResponse,
@@ -545,19 +618,37 @@ export function serveCommands(
     }).catch(() => undefined);
   };
 
-  const onMessage = (t: string, payload: Buffer, packet: IPublishPacket) => {
+  return (client, t, payload, packet) => {
     if (!matchesFilter(topic, t)) return;
     const props = packet.properties;
     const correlationData = props?.correlationData;
     const p = parseMessage("command", payload);
     const fallback = p.ok ? p.value : salvage(payload);
     const replyTo = props?.responseTopic ?? fallback.replyTo;
-    if (replyTo === undefined || !allowed(replyTo)) return;
+    const command = typeof fallback.command === "string" ? cut(fallback.command, 40) : undefined;
+    if (replyTo === undefined || !allowed(replyTo)) {
+      refused({
+        code: p.ok ? "E_MQTT_REPLY_REFUSED" : p.code,
+        reason:
+          replyTo === undefined
+            ? `no usable reply address${p.ok ? "" : `; ${cut(p.reason)}`}`
+            : `reply address outside ${prefix}/replies/`,
+        ...(command !== undefined ? { command } : {}),
+        ...(replyTo !== undefined ? { replyTo: cut(replyTo) } : {}),
+      });
+      return;
+    }
     const echo =
       fallback.correlationId !== undefined ? { correlationId: fallback.correlationId } : {};
     if (!p.ok) {
+      refused({
+        code: p.code,
+        reason: cut(p.reason),
+        ...(command !== undefined ? { command } : {}),
+        replyTo: cut(replyTo),
+      });
       const named = COMMANDS.find((c) => c === fallback.command);
-      void answer(replyTo, correlationData, {
+      void answer(client, replyTo, correlationData, {
         format: 1,
         gatewayId,
         // The schema needs a command name; "info" for a request that has none it knows: the
@@ -585,18 +676,39 @@ export function serveCommands(
         };
       }
       const { correlationId: _, ...rest } = res;
-      await answer(replyTo, correlationData, { ...rest, ...echo });
-    })();
+      await answer(client, replyTo, correlationData, { ...rest, ...echo });
+    })().catch(() => undefined);
   };
+}
 
+/**
+ * commandResponder on a connected client, subscribed to `topic`. Returns a stop function that
+ * removes the listener and, unless `keepSubscription`, unsubscribes. A gateway with a persistent
+ * session keeps the subscription when it stops (issue 12 defect 16): the broker then queues the
+ * QoS 1 commands sent while it is away, and it answers them when it returns.
+ */
+export function serveCommands(
+  client: MqttClient,
+  topic: string,
+  handler: (req: CommandRequest) => Promise<CommandResponse>,
+  o: CommandResponderOptions & { keepSubscription?: boolean } = {},
+): () => Promise<void> {
+  const respond = commandResponder(topic, handler, o);
+  const onMessage = (t: string, payload: Buffer, packet: IPublishPacket) =>
+    respond(client, t, payload, packet);
   client.on("message", onMessage);
   const ready = subscribeChecked(client, topic);
   ready.catch(() => undefined);
   return async () => {
     client.off("message", onMessage);
     await ready.catch(() => undefined);
-    await client.unsubscribeAsync(topic).catch(() => undefined);
+    if (!o.keepSubscription) await client.unsubscribeAsync(topic).catch(() => undefined);
   };
+}
+
+/** Subscribes to `topic` (QoS 1), E_MQTT_SUBSCRIBE when refused. */
+export function subscribeCommands(client: MqttClient, topic: string): Promise<void> {
+  return subscribeChecked(client, topic);
 }
 
 // ---- retained snapshot -------------------------------------------------------------------------

@@ -5,6 +5,7 @@
  * the clock; nothing here touches the network or the terminal.
  */
 
+import { printable } from "../text.js";
 import {
   type DeviceState,
   type DeviceStatus,
@@ -268,7 +269,10 @@ export function formatAge(ms: number | undefined): string {
   return `${Math.floor(s / 86_400)}d`;
 }
 
-function table(header: string[], rows: string[][]): string[] {
+function table(header: string[], textRows: string[][]): string[] {
+  // Every cell but the header came from the network (a device's own app descriptor can carry
+  // escape sequences, issue 12 defect 8): escaped before the widths are measured.
+  const rows = textRows.map((r) => r.map(printable));
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   const line = (cells: string[]) =>
     cells
@@ -353,7 +357,7 @@ export function deviceLine(d: DeviceRow): string {
   if (d.desiredReleaseId !== undefined && d.desiredReleaseId !== d.releaseId)
     parts.push(`desired ${d.desiredReleaseId}`);
   if (d.gatewayId !== undefined) parts.push(`on ${gatewayCell(d)}`);
-  return parts.join(", ");
+  return printable(parts.join(", "));
 }
 
 /** One line for a changed gateway. */
@@ -361,7 +365,7 @@ export function gatewayLine(g: GatewayRow): string {
   const parts = [`gateway ${g.gatewayId} ${g.state}`];
   if (g.devices !== undefined) parts.push(`${g.devices} device${g.devices === 1 ? "" : "s"}`);
   if (g.version !== undefined) parts.push(`agent ${g.version}`);
-  return parts.join(", ");
+  return printable(parts.join(", "));
 }
 
 export type FleetChange =
@@ -404,6 +408,8 @@ export function diffViews(before: FleetView, after: FleetView): FleetChange[] {
 /** The text line of a change (--watch without a terminal). */
 export function changeLine(c: FleetChange): string {
   if (c.removed)
-    return `${c.kind} ${c.kind === "gateway" ? c.row.gatewayId : c.row.deviceId} removed`;
+    return printable(
+      `${c.kind} ${c.kind === "gateway" ? c.row.gatewayId : c.row.deviceId} removed`,
+    );
   return c.kind === "gateway" ? gatewayLine(c.row) : deviceLine(c.row);
 }

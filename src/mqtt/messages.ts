@@ -10,8 +10,15 @@
  *
  * Pure: no I/O.
  */
+import { sha256 } from "@noble/hashes/sha2.js";
+import { bytesToHex } from "@noble/hashes/utils.js";
 import { type Static, type TSchema, Type } from "@sinclair/typebox";
+import canonicalizeModule from "canonicalize";
 import { firstSchemaError } from "../schema.js";
+import { quote } from "../text.js";
+
+// canonicalize is CommonJS (`module.exports = serialize`); see src/release/manifest.ts.
+const canonicalize = canonicalizeModule as unknown as (input: unknown) => string | undefined;
 
 export const MESSAGE_FORMAT = 1;
 
@@ -158,6 +165,13 @@ const DeviceStatusSchema = Type.Object(
     releaseId: Type.Optional(Type.String({ pattern: RELEASE_ID })),
     counter: Type.Optional(Count("The verified manifest's counter.")),
     rolloutId: Type.Optional(TopicId("The rollout of the notice, if any.")),
+    noticeDigest: Type.Optional(
+      Type.String({
+        pattern: "^[0-9a-f]{64}$",
+        description:
+          "noticeDigest() of the update notice this status answers (the job's notice): a rollout counts a status only when it echoes the digest of the notice the rollout itself published (docs/rollouts.md). Absent from agents before it, and when nothing is in flight.",
+      }),
+    ),
     targetVersion: Type.Optional(Text(32, "Version of the app being installed.")),
     targetSlot: Type.Optional(
       Type.Object({
@@ -232,16 +246,76 @@ const LogEventSchema = Type.Object(
   { description: "A batch of the device's console output." },
 );
 
+const PresenceHealthSchema = Type.Object(
+  {
+    ready: Type.Boolean({
+      description:
+        "What the agent's /readyz says: connected to the broker, ports scanned, state directory writable.",
+    }),
+    devices: Type.Object(
+      {
+        attached: Count("Ports serving a device with no update running."),
+        updating: Count("Ports with an update running."),
+        identifying: Count("Ports being identified."),
+        failed: Count("Ports whose attach failed, waiting to retry."),
+        conflict: Count("Ports reporting a device another port serves."),
+      },
+      { description: "Ports by state (docs/metrics.md, esp_ota_agent_ports)." },
+    ),
+    updates: Type.Object(
+      {
+        started: Count("Updates started since the agent started."),
+        succeeded: Count("Of those, succeeded."),
+        failed: Count("Failed."),
+        rolledBack: Count("Rolled back by the device."),
+        cancelled: Count("Cancelled or superseded."),
+      },
+      { description: "Since the agent started (its counters restart with it)." },
+    ),
+    lastFailure: Type.Optional(
+      Type.Object(
+        {
+          code: Type.String({ pattern: ERROR_CODE, description: "A code of docs/errors.md." }),
+          at: Timestamp("When."),
+        },
+        { description: "The last update that ended failed or rolled back." },
+      ),
+    ),
+    uartFrameErrors: Count("UART frame errors of every kind (CRC, gap, timeout)."),
+    mqttReconnects: Count("Broker reconnections since the agent started."),
+    stagingBytes: Count("Bytes in the staging directory."),
+    eventLoopDelayMs: Count(
+      "The event loop's p99 delay (ms) over the last minute or so: a stalled loop breaks UART timing first.",
+    ),
+    uptimeSec: Count("Seconds since the agent started."),
+  },
+  {
+    description:
+      "A compact health summary for gateways nobody can scrape (behind NAT): the counters of docs/metrics.md in brief. Only in `online` presence; refreshed every minute.",
+  },
+);
+
 const PresenceSchema = Type.Object(
   {
     format: Format,
     gatewayId: TopicId("The gateway; equals the <gatewayId> level of the topic."),
     state: Type.Union([Type.Literal("online"), Type.Literal("offline")]),
     version: Text(64, "The gateway agent's version."),
-    at: Timestamp("When the gateway published it (for the last will: when it connected)."),
+    at: Timestamp(
+      "When the gateway wrote it. The last will is written at connect time, so its `at` is older than the `online` of the same connection: order presence by `seq`, never by `at`.",
+    ),
+    seq: Type.Optional(
+      Count(
+        "Orders one gateway's presence messages: each connection's `online` is below its `offline` (the last will and the clean stop's), which is below the next connection's `online` (issue 12 defect 16). Absent from agents before it.",
+      ),
+    ),
+    health: Type.Optional(PresenceHealthSchema),
   },
   { description: "Whether a gateway is connected; retained, and the gateway's last will." },
 );
+
+/** The most devices one gateway serves (and its inventory lists): see InventorySchema. */
+export const MAX_INVENTORY_DEVICES = 256;
 
 const InventoryDeviceSchema = Type.Object({
   deviceId: TopicId("The device (its base MAC in hex unless configured)."),
@@ -259,9 +333,24 @@ const InventorySchema = Type.Object(
     gatewayId: TopicId("The gateway; equals the <gatewayId> level of the topic."),
     devices: Type.Array(InventoryDeviceSchema, {
       // 256 devices × ~300 bytes stays below AWS IoT Core's 128 KB payload limit.
-      maxItems: 256,
+      maxItems: MAX_INVENTORY_DEVICES,
       description: "Every device attached now.",
     }),
+    conflicts: Type.Optional(
+      Type.Array(
+        Type.Object({
+          deviceId: TopicId("The device id both ports report."),
+          port: Text(256, "The port refused: it reports a device another port serves."),
+          heldBy: Text(256, "The port that serves the device."),
+          code: Type.Literal("E_AGENT_DEVICE_CONFLICT"),
+        }),
+        {
+          maxItems: MAX_INVENTORY_DEVICES,
+          description:
+            "Ports that report the MAC of a device another port serves (a cloned MAC, an impostor, or a device moved before its old port was seen to go): not attached; when either port goes, the other is identified again.",
+        },
+      ),
+    ),
     at: Timestamp("When."),
   },
   { description: "The devices attached to a gateway; republished on every attach and detach." },
@@ -330,6 +419,38 @@ export interface UpdateNotice {
   /** ISO 8601 */
   issuedAt: string;
 }
+/**
+ * What names a notice in the statuses that answer it (DeviceStatus.noticeDigest): SHA-256, hex,
+ * of the RFC 8785 canonical JSON of the notice without `issuedAt`. Anyone who may publish on a
+ * desired topic can make a gateway run a notice of the same release that fails (a URL that
+ * 404s) and sign a genuine `failed`; the digest lets a rollout tell that outcome from the one of
+ * its own notice (issue 12 defect 4). `issuedAt` is left out because it says when, not what: a
+ * rollout republishes the same notice with a new `issuedAt` after a crash between publishing
+ * and recording it, and a gateway running the first treats the second as a duplicate
+ * (docs/mqtt-api.md "Notice semantics"), so its statuses must still match.
+ */
+export function noticeDigest(notice: UpdateNotice): string {
+  const { issuedAt: _, ...what } = notice;
+  const text = canonicalize(what);
+  if (text === undefined) throw new TypeError("noticeDigest: the notice is not JSON");
+  return bytesToHex(sha256(new TextEncoder().encode(text)));
+}
+
+/**
+ * The fields by which every status about a notice names it: its release, counter, rollout and
+ * digest. The job's statuses carry them, and so must a final status that refuses a notice (its
+ * code says why): a rollout matches statuses to its notices by these (docs/rollouts.md).
+ */
+export function noticeEcho(
+  notice: UpdateNotice,
+): Pick<DeviceStatus, "releaseId" | "counter" | "rolloutId" | "noticeDigest"> {
+  return {
+    releaseId: notice.releaseId,
+    counter: notice.counter,
+    ...(notice.rolloutId === undefined ? {} : { rolloutId: notice.rolloutId }),
+    noticeDigest: noticeDigest(notice),
+  };
+}
 export interface RunningApp {
   project: string;
   version: string;
@@ -354,6 +475,8 @@ export interface DeviceStatus {
   releaseId?: string;
   counter?: number;
   rolloutId?: string;
+  /** noticeDigest() of the notice this status answers; absent from agents before it. */
+  noticeDigest?: string;
   targetVersion?: string;
   targetSlot?: { label: string; offset: number };
   progress?: { bytes: number; total: number };
@@ -383,12 +506,37 @@ export interface LogEvent {
   dropped: number;
   at: string;
 }
+export interface PresenceHealth {
+  ready: boolean;
+  devices: {
+    attached: number;
+    updating: number;
+    identifying: number;
+    failed: number;
+    conflict: number;
+  };
+  updates: {
+    started: number;
+    succeeded: number;
+    failed: number;
+    rolledBack: number;
+    cancelled: number;
+  };
+  lastFailure?: { code: string; at: string };
+  uartFrameErrors: number;
+  mqttReconnects: number;
+  stagingBytes: number;
+  eventLoopDelayMs: number;
+  uptimeSec: number;
+}
 export interface Presence {
   format: 1;
   gatewayId: string;
   state: "online" | "offline";
   version: string;
   at: string;
+  seq?: number;
+  health?: PresenceHealth;
 }
 export interface InventoryDevice {
   deviceId: string;
@@ -400,10 +548,17 @@ export interface InventoryDevice {
   busy: boolean;
   attachedAt: string;
 }
+export interface InventoryConflict {
+  deviceId: string;
+  port: string;
+  heldBy: string;
+  code: "E_AGENT_DEVICE_CONFLICT";
+}
 export interface Inventory {
   format: 1;
   gatewayId: string;
   devices: InventoryDevice[];
+  conflicts?: InventoryConflict[];
   at: string;
 }
 export interface CommandRequest {
@@ -435,11 +590,12 @@ const _matches: [
   Same<ProgressEvent, Static<typeof ProgressEventSchema>>,
   Same<LogEvent, Static<typeof LogEventSchema>>,
   Same<Presence, Static<typeof PresenceSchema>>,
+  Same<PresenceHealth, Static<typeof PresenceHealthSchema>>,
   Same<InventoryDevice, Static<typeof InventoryDeviceSchema>>,
   Same<Inventory, Static<typeof InventorySchema>>,
   Same<CommandRequest, Static<typeof CommandRequestSchema>>,
   Same<CommandResponse, Static<typeof CommandResponseSchema>>,
-] = [true, true, true, true, true, true, true, true, true, true, true];
+] = [true, true, true, true, true, true, true, true, true, true, true, true];
 void _matches;
 
 export type MessageKind =
@@ -504,6 +660,15 @@ function schemaProblem(kind: MessageKind, value: unknown): string | undefined {
   return first ? `${TITLES[kind]}${first.path.replaceAll("/", ".")}: ${first.message}` : undefined;
 }
 
+/**
+ * Why `entry` would not fit an inventory (a device's INFO the gateway republishes), or undefined:
+ * the gateway checks a device's INFO with it once, where it enters (src/gateway/port-state.ts).
+ */
+export function inventoryDeviceProblem(entry: InventoryDevice): string | undefined {
+  const first = firstSchemaError(InventoryDeviceSchema, entry);
+  return first ? `InventoryDevice${first.path.replaceAll("/", ".")}: ${first.message}` : undefined;
+}
+
 /** Decodes UTF-8 JSON (max 256 KiB) and checks the schema. Never throws on bad input. */
 export function parseMessage<K extends MessageKind>(
   kind: K,
@@ -535,7 +700,12 @@ export function parseMessage<K extends MessageKind>(
         : new TextDecoder("utf-8", { fatal: true }).decode(payload);
     value = JSON.parse(text);
   } catch (e) {
-    return { ok: false, code: "E_MQTT_MESSAGE_JSON", reason: `not JSON: ${(e as Error).message}` };
+    // V8's message quotes part of the payload: quoted again, so it is bounded and printable.
+    return {
+      ok: false,
+      code: "E_MQTT_MESSAGE_JSON",
+      reason: `not JSON: ${quote((e as Error).message, 200)}`,
+    };
   }
   const problem = schemaProblem(kind, value);
   if (problem) return { ok: false, code: "E_MQTT_MESSAGE_SCHEMA", reason: problem };

@@ -173,15 +173,6 @@ export interface SlotResult {
   sha256: string;
 }
 
-/** "30d", "12h", "90m", "3600s" -> milliseconds; null when not a duration. */
-export function parseDuration(s: string): number | null {
-  const m = /^(\d+)([dhms])$/.exec(s.trim());
-  if (!m) return null;
-  const n = Number(m[1]);
-  const unit = { d: 86_400_000, h: 3_600_000, m: 60_000, s: 1000 }[m[2] as "d" | "h" | "m" | "s"];
-  return n > 0 ? n * unit : null;
-}
-
 /** `https://host/path/` + `<device>/<slot>.bin`, one URL per variant. */
 export function variantUrl(baseUrl: string, file: string): string {
   return `${baseUrl.replace(/\/+$/, "")}/${file}`;

@@ -4,11 +4,12 @@
  * (build.ts starts one per core) or, with one job, in the calling thread; the same functions
  * either way.
  *
- * Files are written to `<file>.partial` and renamed when complete, so an interrupted build leaves
- * no file that looks finished; a rerun then redoes that device (build.ts checks hashes).
+ * Files are written to a temporary dot-file and renamed when complete (src/fs/write-atomic.ts), so
+ * an interrupted build leaves no file that looks finished; a rerun then redoes that device
+ * (build.ts checks hashes).
  */
 import { createHash } from "node:crypto";
-import { closeSync, mkdirSync, openSync, readSync, renameSync, writeSync } from "node:fs";
+import { closeSync, mkdirSync, openSync, readSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { isMainThread, parentPort, workerData } from "node:worker_threads";
 import {
@@ -16,6 +17,7 @@ import {
   type FlashCipher,
   type FlashCryptOptions,
 } from "../esp/flash-encryption.js";
+import { createAtomicFileSync } from "../fs/write-atomic.js";
 import type { DeviceJob, SlotResult } from "./build-plan.js";
 import { flashLength, slotCiphertextInto } from "./slot-crypt.js";
 
@@ -46,11 +48,6 @@ function batchOf(bytes: number): Uint8Array {
   return batchBuffer.subarray(0, bytes);
 }
 
-function writeAll(fd: number, buf: Uint8Array): void {
-  let done = 0;
-  while (done < buf.length) done += writeSync(fd, buf, done, buf.length - done);
-}
-
 /**
  * Encrypts `signed` for flash `offset`, writes it to `path` (its directory exists) and returns
  * its size and SHA-256.
@@ -68,9 +65,9 @@ export function writeSlotCiphertext(
     throw new RangeError(`chunkSize must be a positive multiple of 16, got ${chunkSize}`);
   const size = flashLength(signed.length);
   const batch = batchOf(Math.max(chunkSize, WRITE_BATCH_BYTES - (WRITE_BATCH_BYTES % chunkSize)));
-  const partial = `${path}.partial`;
   const hash = createHash("sha256");
-  const fd = openSync(partial, "w", 0o644);
+  // Not durable, like the build's other outputs: a rerun re-hashes and rebuilds (build.ts).
+  const file = createAtomicFileSync(path, { mode: 0o644, durable: false });
   try {
     for (let at = 0; at < size; ) {
       let fill = 0;
@@ -80,12 +77,13 @@ export function writeSlotCiphertext(
         fill += n;
         at += n;
       }
-      writeAll(fd, batch.subarray(0, fill));
+      file.write(batch.subarray(0, fill));
     }
-  } finally {
-    closeSync(fd);
+    file.commit();
+  } catch (e) {
+    file.abort();
+    throw e;
   }
-  renameSync(partial, path);
   return { size, sha256: hash.digest("hex") };
 }
 

@@ -9,19 +9,12 @@
  * rerun of the same release reuses it, so counters only grow and are never issued twice.
  */
 import { createHash } from "node:crypto";
-import {
-  existsSync,
-  mkdirSync,
-  readFileSync,
-  rename,
-  renameSync,
-  writeFile,
-  writeFileSync,
-} from "node:fs";
+import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { Worker } from "node:worker_threads";
 import { EspOtaError } from "../errors.js";
+import { writeFileAtomic, writeFileAtomicSync } from "../fs/write-atomic.js";
 import {
   type Check,
   checkDevice,
@@ -197,8 +190,14 @@ async function buildWith(
   // build's bottleneck for XTS: docs/benchmarks.md, "Release build").
   const counters = new Map<string, number>();
   const reserveCounters = () => {
-    for (const { device } of pending)
-      counters.set(device.deviceId, reserveCounter(o.registry, device.deviceId, releaseId));
+    const changed: DeviceRecord[] = [];
+    for (const { device } of pending) {
+      const { counter, record } = reserveCounter(o.registry, device.deviceId, releaseId);
+      counters.set(device.deviceId, counter);
+      if (record) changed.push(record);
+    }
+    // Durable, in one batch (a lost counter could be issued twice): registry-fs.ts.
+    o.registry.updateMany(changed);
   };
   // Manifest files are written by libuv's thread pool, off the main thread, which signs the next
   // manifest meanwhile: creating a file took about 1 ms of the main thread's 5.7 ms per device in
@@ -279,13 +278,19 @@ async function buildWith(
   };
 }
 
-/** The device's counter for this release, persisted in the registry before it is used. */
-function reserveCounter(registry: DeviceRegistry, deviceId: string, releaseId: string): number {
+/**
+ * The device's counter for this release, and its record to persist (undefined when it already
+ * holds this counter) before the counter is used.
+ */
+function reserveCounter(
+  registry: DeviceRegistry,
+  deviceId: string,
+  releaseId: string,
+): { counter: number; record: DeviceRecord | undefined } {
   // Re-read the record: it is the persisted counter that must only grow.
   const current = registry.get(deviceId);
   const { counter, record } = nextReleaseCounter(current, releaseId);
-  if (record !== current) registry.update(record);
-  return counter;
+  return { counter, record: record !== current ? record : undefined };
 }
 
 function signDeviceManifest(
@@ -368,24 +373,18 @@ function writeError(
   );
 }
 
+/**
+ * Not durable: a build's outputs can be rebuilt, and a rerun checks every ciphertext against its
+ * manifest's hash (the file comment); the registry's counters, which cannot be, are written
+ * durably before the manifest that carries them (registry-fs.ts).
+ */
 function writeAtomically(path: string, text: string): void {
-  const tmp = `${path}.partial`;
-  writeFileSync(tmp, text, { mode: 0o644 });
-  renameSync(tmp, path);
+  writeFileAtomicSync(path, text, { mode: 0o644, durable: false });
 }
 
-/**
- * Written by libuv's thread pool through fs's callback API: fs/promises' FileHandle cost the main
- * thread 0.8 ms per manifest in test/bench/release.ts, time taken from the encryption workers.
- */
+/** Through fs's callback API, off the main thread (see writeFileAtomic). */
 function writeAtomicallyAsync(path: string, text: string): Promise<void> {
-  const tmp = `${path}.partial`;
-  return new Promise((resolve, reject) =>
-    writeFile(tmp, text, { mode: 0o644 }, (e) => {
-      if (e) reject(e);
-      else rename(tmp, path, (e2) => (e2 ? reject(e2) : resolve()));
-    }),
-  );
+  return writeFileAtomic(path, text, { mode: 0o644, durable: false });
 }
 
 /**

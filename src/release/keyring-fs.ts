@@ -18,10 +18,8 @@ import {
   mkdirSync,
   readdirSync,
   readFileSync,
-  renameSync,
   rmSync,
   statSync,
-  writeFileSync,
 } from "node:fs";
 import { join } from "node:path";
 import { EspOtaError } from "../errors.js";
@@ -32,6 +30,7 @@ import {
   publicKeyPem,
   type SigningKey,
 } from "../esp/keys.js";
+import { writeFileAtomicSync } from "../fs/write-atomic.js";
 import {
   encodeManifestPrivateKeyPem,
   encodeTrustPolicy,
@@ -301,12 +300,13 @@ function rewrite(dir: string, doc: KeyringDoc, keyring: Keyring, threshold?: num
   return keyring;
 }
 
+/**
+ * Durable (src/fs/write-atomic.ts): keyring.json names the key files, and losing it or a key to a
+ * power cut would leave releases unsignable and devices un-updatable.
+ */
 function replaceFile(dir: string, name: string, data: string, mode: number): void {
-  const tmp = join(dir, `.${name}.tmp`);
   try {
-    writeFileSync(tmp, data, { mode });
-    chmodSync(tmp, mode);
-    renameSync(tmp, join(dir, name));
+    writeFileAtomicSync(join(dir, name), data, { mode, durable: true });
   } catch (e) {
     throw new EspOtaError(
       "E_FILE_WRITE",
@@ -333,12 +333,11 @@ export function readTrustPolicy(path: string): TrustPolicy {
   return parseTrustPolicy(text);
 }
 
+/** Created whole or not at all, never over an existing file, on disk before it returns. */
 function writeNew(dir: string, name: string, data: string, mode: number): void {
   const path = join(dir, name);
   try {
-    writeFileSync(path, data, { mode, flag: "wx" });
-    // The umask may have cleared bits of a public file's mode; set exactly what we mean.
-    chmodSync(path, mode);
+    writeFileAtomicSync(path, data, { mode, durable: true, exclusive: true });
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === "EEXIST") {
       throw new EspOtaError("E_KEYRING_EXISTS", `${path} already exists; not overwriting it`, {

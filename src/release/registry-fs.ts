@@ -1,27 +1,56 @@
 /**
  * The device registry on disk: DIR/devices/<deviceId>.json, one file per device so that a build
  * updating release counters never rewrites other devices' records. Directories are 0700 and files
- * 0600 because each record holds a device's flash-encryption key. Writes go to a temporary file
- * and are renamed into place, so a crash never leaves half a record (and never a lost counter).
+ * 0600 because each record holds a device's flash-encryption key, and reading refuses a record or
+ * directory that other users could read, as the keyring does (E_REGISTRY_PERMISSIONS). Writes are
+ * atomic and durable (src/fs/write-atomic.ts): a crash or power cut never leaves half a record, a
+ * lost counter, or a lost key, which would leave the device un-updatable for good.
  */
 import {
   chmodSync,
+  closeSync,
   existsSync,
+  fstatSync,
   mkdirSync,
+  openSync,
   readdirSync,
   readFileSync,
-  renameSync,
   rmSync,
-  writeFileSync,
+  type Stats,
+  statSync,
 } from "node:fs";
 import { join } from "node:path";
 import { EspOtaError } from "../errors.js";
+import { writeFileAtomicSync, writeFilesAtomicSync } from "../fs/write-atomic.js";
 import {
   type DeviceRecord,
   encodeDeviceRecord,
   isDeviceId,
   parseDeviceRecord,
 } from "./registry.js";
+
+/**
+ * E_REGISTRY_PERMISSIONS unless `st` is owner-only and owned by this process's user: what the
+ * keyring (keyring-fs.ts) and ssh require of private key files. POSIX bits say nothing about
+ * Windows ACLs, so there the check would refuse every file.
+ */
+function checkOwnerOnly(st: Stats, path: string, what: string): void {
+  if (process.platform === "win32") return;
+  const mode = `0${(st.mode & 0o777).toString(8)}`;
+  if ((st.mode & 0o077) !== 0)
+    throw new EspOtaError(
+      "E_REGISTRY_PERMISSIONS",
+      `${what} ${path} has mode ${mode}; other users may read the flash-encryption keys (owner-only is required: chmod ${st.isDirectory() ? "700" : "600"} ${path})`,
+      { path, mode },
+    );
+  const uid = process.getuid?.();
+  if (uid !== undefined && st.uid !== uid)
+    throw new EspOtaError(
+      "E_REGISTRY_PERMISSIONS",
+      `${what} ${path} belongs to uid ${st.uid}, not to you (${uid})`,
+      { path, uid: st.uid },
+    );
+}
 
 export interface DeviceRegistry {
   readonly dir: string;
@@ -33,6 +62,8 @@ export interface DeviceRegistry {
   add(record: DeviceRecord, opts?: { replace?: boolean }): void;
   /** Rewrites an existing record (release counters). */
   update(record: DeviceRecord): void;
+  /** update() for many records, durable together (writeFilesAtomicSync): a build's counters. */
+  updateMany(records: readonly DeviceRecord[]): void;
   /** E_DEVICE_UNKNOWN when there is no such device. */
   remove(deviceId: string): void;
 }
@@ -51,6 +82,7 @@ export function openRegistry(dir: string, opts: { create?: boolean } = {}): Devi
     chmodSync(dir, 0o700);
     chmodSync(devicesDir, 0o700);
   }
+  checkOwnerOnly(statSync(devicesDir), devicesDir, "the registry directory");
   const file = (id: string) => {
     // Ids become file names: only the MAC-derived form, so no path can escape the directory.
     if (!isDeviceId(id))
@@ -63,9 +95,26 @@ export function openRegistry(dir: string, opts: { create?: boolean } = {}): Devi
   };
   const write = (r: DeviceRecord) => {
     const path = file(r.deviceId);
-    const tmp = `${path}.${process.pid}.tmp`;
-    writeFileSync(tmp, encodeDeviceRecord(r), { mode: 0o600 });
-    renameSync(tmp, path);
+    try {
+      writeFileAtomicSync(path, encodeDeviceRecord(r), { mode: 0o600, durable: true });
+    } catch (e) {
+      throw new EspOtaError(
+        "E_FILE_WRITE",
+        `cannot write ${path}: ${(e as Error).message}`,
+        { path },
+        e,
+      );
+    }
+  };
+  /** The record's text, checked owner-only on the open file (no window between check and read). */
+  const readRecord = (path: string): string => {
+    const fd = openSync(path, "r");
+    try {
+      checkOwnerOnly(fstatSync(fd), path, "device record");
+      return readFileSync(fd, "utf8");
+    } finally {
+      closeSync(fd);
+    }
   };
   const existing = (id: string) => {
     const path = file(id);
@@ -88,7 +137,7 @@ export function openRegistry(dir: string, opts: { create?: boolean } = {}): Devi
     },
     get(id) {
       const path = existing(id);
-      const r = parseDeviceRecord(readFileSync(path, "utf8"), path);
+      const r = parseDeviceRecord(readRecord(path), path);
       if (r.deviceId !== id)
         throw new EspOtaError("E_REGISTRY_CORRUPT", `${path} holds device ${r.deviceId}`, {
           path,
@@ -110,6 +159,20 @@ export function openRegistry(dir: string, opts: { create?: boolean } = {}): Devi
       // record it is about to replace cost a third of that.
       existing(r.deviceId);
       write(r);
+    },
+    updateMany(rs) {
+      for (const r of rs) existing(r.deviceId);
+      const files = rs.map((r) => ({ path: file(r.deviceId), data: encodeDeviceRecord(r) }));
+      try {
+        writeFilesAtomicSync(files, { mode: 0o600, durable: true });
+      } catch (e) {
+        throw new EspOtaError(
+          "E_FILE_WRITE",
+          `cannot write the registry's records in ${devicesDir}: ${(e as Error).message}`,
+          { path: devicesDir },
+          e,
+        );
+      }
     },
     remove(id) {
       reg.get(id);

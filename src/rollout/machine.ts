@@ -8,17 +8,19 @@
  * - Waves: cumulative percentages of the device list; a wave's notices are published at once.
  * - A wave is finished when each of its devices reported a final status (succeeded, rolled-back,
  *   failed, cancelled) for THIS release; then the next wave starts. Statuses for other releases,
- *   duplicates and out-of-order ones (DeviceStatus.seq per device) change nothing.
+ *   duplicates and out-of-order ones (DeviceStatus.seq per device) change nothing, nor do the
+ *   outcomes of notices this rollout did not publish (statusAnswers).
  * - Failure rate = (failed + rolled-back) / finished, over every notified device. Once at least
  *   `minSample` devices finished and the rate exceeds `maxFailureRate`, the rollout aborts: notices
  *   of devices that have not started are withdrawn, devices mid-update are left to finish.
- * - A wave not finished within `waveTimeoutMs` pauses the rollout (it does not advance).
+ * - A wave not finished within `waveTimeoutMs` pauses the rollout (it does not advance). A
+ *   resume publishes again the notices of devices that have not started on ours (resendNotices).
  */
 import type { DeviceState, DeviceStatus } from "../mqtt/messages.js";
-import { isFinalState } from "../mqtt/messages.js";
+import { isFinalState, noticeDigest } from "../mqtt/messages.js";
 import type { DeviceEntry, ReasonKind, RolloutReason, RolloutState } from "./messages.js";
 import { stateInconsistency } from "./messages.js";
-import { formatDuration, type PlannedDevice, waveEnds } from "./plan.js";
+import { formatDuration, noticeFor, type PlannedDevice, waveEnds } from "./plan.js";
 
 export type RolloutInput =
   /** Publish what the current waves still owe (first call: wave 0). Idempotent: used on restart. */
@@ -30,7 +32,14 @@ export type RolloutInput =
   | { type: "resume"; now: number }
   | { type: "abort"; reason?: string; now: number }
   /** The adapter's timer for wave `wave` fired; stale when that wave is no longer current. */
-  | { type: "wave-timeout"; wave: number; now: number };
+  | { type: "wave-timeout"; wave: number; now: number }
+  /**
+   * Notify again, with a re-issued notice, every device of the waves so far whose final status
+   * is `failed` (docs/rollouts.md "Retry the failed"); the rollout runs again, aborted or not.
+   */
+  | { type: "retry-failed"; now: number }
+  /** Start the next wave now, without waiting for the current one (docs/rollouts.md "Next wave"). */
+  | { type: "next-wave"; now: number };
 
 export interface DeviceFailure {
   deviceId: string;
@@ -42,15 +51,22 @@ export type RolloutEvent =
   | { kind: "wave-started"; wave: number; devices: string[] }
   | { kind: "device"; deviceId: string; state: DeviceState; errorCode?: string }
   | { kind: "paused"; reason: RolloutReason }
-  | { kind: "resumed" }
+  /** `republished`: the notices published again (resendNotices). */
+  | { kind: "resumed"; republished: string[] }
   | { kind: "aborted"; reason: RolloutReason; failures: DeviceFailure[]; cleared: string[] }
   | { kind: "completed" }
+  /** retry-failed: the devices notified again (their failure no longer counts). */
+  | { kind: "retried"; devices: string[] }
+  /** next-wave: the operator started wave `wave` (0-based) before the one before it finished. */
+  | { kind: "advanced"; wave: number }
   /** An operator input that does not apply in this state (resume while running, ...). */
   | { kind: "ignored"; input: RolloutInput["type"]; why: string };
 
 export type RolloutEffect =
   /** Publish the device's UpdateNotice, retained, on its desired topic. */
   | { type: "publish-notice"; deviceId: string }
+  /** Publish the device's notice again, the very same one (its issuedAt is notifiedAt). */
+  | { type: "republish-notice"; deviceId: string }
   /** Publish an empty retained payload on its desired topic (withdraws the notice). */
   | { type: "clear-notice"; deviceId: string }
   /** Publish the state, retained, on the rollout's state topic. */
@@ -123,8 +139,16 @@ export function waveDevices(s: RolloutState, wave: number): string[] {
   return s.devices.filter((id) => s.perDevice[id]!.wave === wave);
 }
 
+/**
+ * Every device of waves 0..`wave` has a final status. Cumulative, not the one wave: `next-wave`
+ * can leave an earlier wave open and `retry-failed` reopens devices of earlier waves, and the
+ * rollout must not complete (or time out as finished) while any of them is still updating.
+ */
 function waveFinished(s: RolloutState, wave: number): boolean {
-  return waveDevices(s, wave).every((id) => isFinal(s.perDevice[id]!.state));
+  return s.devices.every((id) => {
+    const e = s.perDevice[id]!;
+    return e.wave > wave || isFinal(e.state);
+  });
 }
 
 /** When the current wave times out (ms since the epoch); undefined when nothing can time out. */
@@ -192,7 +216,7 @@ class Step {
     this.changed = true;
   }
 
-  unset(key: "reason" | "waveStartedAt"): void {
+  unset(key: "reason" | "waveStartedAt" | "finishedAt"): void {
     if (key in this.draft) {
       delete this.draft[key];
       this.changed = true;
@@ -224,6 +248,28 @@ function notifyWave(t: Step, wave: number): string[] {
     if (e.notifiedAt || e.clearedAt) continue;
     t.entry(id).notifiedAt = t.at;
     t.notices.push({ type: "publish-notice", deviceId: id });
+    sent.push(id);
+  }
+  return sent;
+}
+
+/**
+ * On resume, publishes again the notices of the devices of the waves so far that have not
+ * started on ours: their retained notice may have been replaced by someone else's, or their
+ * gateway, busy with another notice of this release, dropped ours as a duplicate
+ * (docs/mqtt-api.md "Notice semantics" 1) and that one failed. The very same notice (its
+ * issuedAt is notifiedAt) is a no-op for a gateway that has it in flight or ran it; one whose
+ * last run of the release was another notice's failure runs ours. Without this a device held
+ * that way stalls its wave at every resume until the rollout is aborted.
+ */
+function resendNotices(t: Step): string[] {
+  const d = t.draft;
+  const sent: string[] = [];
+  for (const id of d.devices) {
+    const e = d.perDevice[id]!;
+    if (e.wave > d.currentWave || !e.notifiedAt || e.clearedAt || e.startedAt || isFinal(e.state))
+      continue;
+    t.notices.push({ type: "republish-notice", deviceId: id });
     sent.push(id);
   }
   return sent;
@@ -297,7 +343,10 @@ function settle(t: Step): void {
 
 function pauseForTimeout(t: Step): void {
   const d = t.draft;
-  const open = waveDevices(d, d.currentWave).filter((id) => !isFinal(d.perDevice[id]!.state));
+  const open = d.devices.filter((id) => {
+    const e = d.perDevice[id]!;
+    return e.wave <= d.currentWave && !isFinal(e.state);
+  });
   const shown = open.slice(0, 10).join(", ") + (open.length > 10 ? ", ..." : "");
   const r = reason(
     t,
@@ -309,6 +358,34 @@ function pauseForTimeout(t: Step): void {
   t.event({ kind: "paused", reason: r });
 }
 
+/**
+ * Whose outcome a status of this rollout's release is (docs/rollouts.md "Which statuses
+ * count"): `ours` answers the notice this rollout published for the device; `foreign` answers
+ * another notice of the same release (another rollout's, or one anyone who may publish sent);
+ * `other` is about another release or none.
+ *
+ * A status that echoes a notice digest is ours only when it is the digest of our notice. One
+ * without (agents before the digest) is ours unless it names another rollout; the runner with
+ * `--gateways` drops those first, since an old agent echoes any rolloutId a publisher wrote.
+ */
+export function statusAnswers(s: RolloutState, st: DeviceStatus): "ours" | "foreign" | "other" {
+  if (st.releaseId !== s.releaseId || !Object.hasOwn(s.perDevice, st.deviceId)) return "other";
+  if (st.noticeDigest !== undefined)
+    return st.noticeDigest === noticeDigest(noticeFor(s, st.deviceId, 0)) ? "ours" : "foreign";
+  return st.rolloutId === undefined || st.rolloutId === s.rolloutId ? "ours" : "foreign";
+}
+
+/**
+ * What a foreign status of this release still tells: `succeeded` and `rolled-back` are facts
+ * about the release on that device whoever asked (the manifest is signed, and a publisher can
+ * only make a transfer fail, not an installed app confirm or roll back), and its gateway will
+ * never run that release again for our notice (docs/mqtt-api.md "Notice semantics" 1), so the
+ * device would otherwise hold its wave until the timeout. `failed`, `cancelled` and every
+ * state on the way are what a bad URL or a superseding notice makes, and a failed or
+ * cancelled release is run again for our notice: they count for nothing.
+ */
+const FOREIGN_FINAL_COUNTS: readonly DeviceState[] = ["succeeded", "rolled-back"];
+
 function onStatus(t: Step, st: DeviceStatus): void {
   const d = t.draft;
   const known = d.perDevice[st.deviceId];
@@ -316,9 +393,12 @@ function onStatus(t: Step, st: DeviceStatus): void {
   if (!known || (known.seq !== undefined && st.seq <= known.seq)) return;
   const e = t.entry(st.deviceId);
   e.seq = st.seq;
-  // Another release's status counts for nothing; a final state is never replaced (the gateway
-  // sends exactly one final status per release; anything after it is idle/offline chatter).
-  if (st.releaseId !== d.releaseId || isFinal(e.state)) return;
+  // Another release's status counts for nothing, nor does another notice's outcome, but what
+  // FOREIGN_FINAL_COUNTS says; a final state is never replaced (the gateway sends exactly one
+  // final status per notice; anything after it is idle/offline chatter).
+  const whose = statusAnswers(d, st);
+  if (whose === "other" || isFinal(e.state)) return;
+  if (whose === "foreign" && !FOREIGN_FINAL_COUNTS.includes(st.state)) return;
   const changed = e.state !== st.state;
   e.state = st.state;
   if (!e.startedAt && isStarted(st.state)) e.startedAt = t.at;
@@ -337,6 +417,67 @@ function onStatus(t: Step, st: DeviceStatus): void {
 }
 
 const ended = (s: RolloutState) => s.state === "aborted" || s.state === "completed";
+
+/**
+ * retry-failed: a re-issued notice (a new issuedAt: notifiedAt is now) for each failed device
+ * of the waves so far. The gateway runs a release that ended `failed` again for a re-issued
+ * notice, never for the same one replayed (docs/mqtt-api.md "Notice semantics" 1), and the
+ * digest leaves issuedAt out, so the statuses answering it are still ours. `rolled-back` is not
+ * retried: the gateway never re-runs it for a notice, and the release is what failed there.
+ * The old final status cannot count again: its seq is not above the entry's.
+ */
+function retryFailed(t: Step): string[] {
+  const d = t.draft;
+  const again: string[] = [];
+  for (const id of d.devices) {
+    const e = d.perDevice[id]!;
+    if (e.state !== "failed" || !e.notifiedAt) continue;
+    const w = t.entry(id);
+    delete w.state;
+    delete w.errorCode;
+    delete w.startedAt;
+    delete w.finishedAt;
+    w.notifiedAt = t.at;
+    t.notices.push({ type: "publish-notice", deviceId: id });
+    again.push(id);
+  }
+  return again;
+}
+
+/** Running again after an operator input: no reason, no finish, the wave clock from now. */
+function reopen(t: Step): void {
+  t.set("state", "running");
+  t.unset("reason");
+  t.unset("finishedAt");
+  if (t.draft.currentWave >= 0) t.set("waveStartedAt", t.at);
+}
+
+/**
+ * Why an operator input would be ignored in this state (the `ignored` event's words), or
+ * undefined when it applies: the CLI and the console refuse it up front instead of waiting for
+ * an owner that will not act.
+ */
+export function notApplicable(
+  action: "pause" | "resume" | "abort" | "retry-failed" | "next-wave",
+  s: RolloutState,
+): string | undefined {
+  switch (action) {
+    case "pause":
+      return s.state === "running" ? undefined : `the rollout is ${s.state}`;
+    case "resume":
+      return s.state === "paused" ? undefined : `the rollout is ${s.state}`;
+    case "abort":
+      return ended(s) ? `the rollout already ${s.state}` : undefined;
+    case "retry-failed":
+      if (s.currentWave < 0) return "the rollout has not started";
+      return s.devices.some((id) => s.perDevice[id]!.state === "failed")
+        ? undefined
+        : "no device of the rollout failed";
+    case "next-wave":
+      if (ended(s)) return `the rollout already ${s.state}`;
+      return s.currentWave >= s.waves.length - 1 ? "the rollout is at its last wave" : undefined;
+  }
+}
 
 export function transition(s: RolloutState, input: RolloutInput): Transition {
   const t = new Step(s, input.now);
@@ -373,7 +514,7 @@ export function transition(s: RolloutState, input: RolloutInput): Transition {
       else {
         t.set("state", "running");
         t.unset("reason");
-        t.event({ kind: "resumed" });
+        t.event({ kind: "resumed", republished: s.currentWave >= 0 ? resendNotices(t) : [] });
         // The wave's timeout counts again from the resume: the operator just looked at it.
         if (s.currentWave >= 0) t.set("waveStartedAt", t.at);
         else startWave(t, 0);
@@ -388,6 +529,28 @@ export function transition(s: RolloutState, input: RolloutInput): Transition {
       if (s.state === "running" && input.wave === s.currentWave && !waveFinished(s, s.currentWave))
         pauseForTimeout(t);
       break;
+    case "retry-failed": {
+      const why = notApplicable("retry-failed", s);
+      if (why) ignore(why);
+      else {
+        const again = retryFailed(t);
+        reopen(t);
+        t.event({ kind: "retried", devices: again });
+        settle(t);
+      }
+      break;
+    }
+    case "next-wave": {
+      const why = notApplicable("next-wave", s);
+      if (why) ignore(why);
+      else {
+        reopen(t);
+        startWave(t, s.currentWave + 1);
+        t.event({ kind: "advanced", wave: s.currentWave + 1 });
+        settle(t);
+      }
+      break;
+    }
     case "tick": {
       const due = waveDeadline(s);
       if (due !== undefined && input.now >= due && !waveFinished(s, s.currentWave))
@@ -423,7 +586,14 @@ export function bucketOf(e: DeviceEntry): Bucket {
   return e.startedAt ? "updating" : "notified";
 }
 
+/**
+ * Wave numbers in the summary (what `--json` prints) are the ones the text shows: 1-based, wave
+ * 1 the first; `currentWave` 0 before the first wave starts (docs/rollouts.md "Output"). The
+ * retained state keeps 0-based indexes (RolloutState.currentWave, perDevice.wave): it is the
+ * machine's own record, and its schema says so.
+ */
 export interface WaveSummary {
+  /** 1-based. */
   wave: number;
   percent: number;
   devices: number;
@@ -437,6 +607,7 @@ export interface RolloutSummary {
   version: string;
   state: RolloutState["state"];
   reason?: RolloutReason;
+  /** 1-based number of the wave in progress (or last run); 0 before the first wave. */
   currentWave: number;
   waves: WaveSummary[];
   counts: Record<Bucket, number>;
@@ -444,6 +615,7 @@ export interface RolloutSummary {
   failures: DeviceFailure[];
   devices: {
     deviceId: string;
+    /** 1-based. */
     wave: number;
     bucket: Bucket;
     state?: DeviceState;
@@ -457,8 +629,8 @@ export interface RolloutSummary {
 /** The document `--json` prints and the live view draws. */
 export function summarize(s: RolloutState): RolloutSummary {
   const counts = Object.fromEntries(BUCKETS.map((b) => [b, 0])) as Record<Bucket, number>;
-  const waves: WaveSummary[] = s.waves.map((percent, wave) => ({
-    wave,
+  const waves: WaveSummary[] = s.waves.map((percent, i) => ({
+    wave: i + 1,
     percent,
     devices: 0,
     finished: 0,
@@ -475,7 +647,7 @@ export function summarize(s: RolloutState): RolloutSummary {
     if (e.state === "failed" || e.state === "rolled-back") w.failed++;
     devices.push({
       deviceId: id,
-      wave: e.wave,
+      wave: e.wave + 1,
       bucket,
       ...(e.state ? { state: e.state } : {}),
       ...(e.errorCode ? { errorCode: e.errorCode } : {}),
@@ -488,7 +660,7 @@ export function summarize(s: RolloutState): RolloutSummary {
     version: s.version,
     state: s.state,
     ...(s.reason ? { reason: s.reason } : {}),
-    currentWave: s.currentWave,
+    currentWave: s.currentWave + 1,
     waves,
     counts,
     failureRate: {

@@ -4,8 +4,8 @@
  * - RolloutState, retained at `<prefix>/rollouts/<id>/state`: the whole rollout (plan, per-device
  *   progress, owner heartbeat). It is the rollout's only durable copy, so any operator machine can
  *   read it, take over, or apply a pause/abort itself when the owner is gone.
- * - RolloutControl, at `<prefix>/rollouts/<id>/control` (not retained): pause, resume or abort,
- *   for the operator process that owns the rollout.
+ * - RolloutControl, at `<prefix>/rollouts/<id>/control` (not retained): pause, resume, abort,
+ *   retry-failed or next-wave, for the operator process that owns the rollout.
  *
  * TypeBox schemas, JSON on the wire, `format: 1`, as in src/mqtt/messages.ts. Pure: no I/O.
  */
@@ -13,6 +13,7 @@ import { type Static, Type } from "@sinclair/typebox";
 import type { DeviceState, Parsed } from "../mqtt/messages.js";
 import { UPDATE_STATES } from "../mqtt/messages.js";
 import { firstSchemaError } from "../schema.js";
+import { quote } from "../text.js";
 
 export const ROLLOUT_FORMAT = 1;
 
@@ -69,7 +70,7 @@ const DeviceEntrySchema = Type.Object(
         DEVICE_STATES.map((s) => Type.Literal(s)),
         {
           description:
-            "The last state the device reported for this release. A final state (succeeded, rolled-back, failed, cancelled) is never replaced: the gateway sends one final status per release.",
+            "The last state the device reported for this rollout's notice (DeviceStatus.noticeDigest; another notice's succeeded or rolled-back counts too: docs/rollouts.md \"Which statuses count\"). A final state (succeeded, rolled-back, failed, cancelled) is never replaced: the gateway sends one final status per notice.",
         },
       ),
     ),
@@ -183,10 +184,20 @@ const RolloutStateSchema = Type.Object(
   { additionalProperties: false },
 );
 
+/** What an operator can ask of a rollout (the control message's `action`; machine.ts inputs). */
+export const CONTROL_ACTIONS = ["pause", "resume", "abort", "retry-failed", "next-wave"] as const;
+export type ControlAction = (typeof CONTROL_ACTIONS)[number];
+
 const RolloutControlSchema = Type.Object(
   {
     format: Type.Literal(ROLLOUT_FORMAT),
-    action: Type.Union([Type.Literal("pause"), Type.Literal("resume"), Type.Literal("abort")]),
+    action: Type.Union(
+      CONTROL_ACTIONS.map((a) => Type.Literal(a)),
+      {
+        description:
+          "retry-failed: notify the failed devices again; next-wave: start the next wave now (docs/rollouts.md).",
+      },
+    ),
     reason: Type.Optional(Type.String({ maxLength: 1024, description: "Recorded in the state." })),
     at: Timestamp("When the operator sent it."),
   },
@@ -243,7 +254,7 @@ export interface RolloutState {
 
 export interface RolloutControl {
   format: 1;
-  action: "pause" | "resume" | "abort";
+  action: ControlAction;
   reason?: string;
   at: string;
 }
@@ -266,7 +277,8 @@ function decodeJson(payload: Uint8Array | string, max: number): Parsed<unknown> 
         : new TextDecoder("utf-8", { fatal: true }).decode(payload);
     return { ok: true, value: JSON.parse(text) as unknown };
   } catch (e) {
-    return { ok: false, code: "E_MQTT_MESSAGE_JSON", reason: (e as Error).message };
+    // V8's message quotes the payload: cut and escaped like every untrusted text (src/text.ts).
+    return { ok: false, code: "E_MQTT_MESSAGE_JSON", reason: quote((e as Error).message, 200) };
   }
 }
 
@@ -351,7 +363,7 @@ export function rolloutJsonSchemas(): { "rollout-state": object; "rollout-contro
       RolloutControlSchema,
       "rollout-control",
       "esp-ota rollout control",
-      "Published (not retained) to <prefix>/rollouts/<id>/control: pause, resume or abort a rollout.",
+      "Published (not retained) to <prefix>/rollouts/<id>/control: pause, resume, abort, retry the failed devices of, or advance to the next wave a rollout.",
     ),
   };
 }
@@ -359,8 +371,30 @@ export function rolloutJsonSchemas(): { "rollout-state": object; "rollout-contro
 /** Heartbeats an owner may miss before other machines treat it as gone. */
 export const STALE_HEARTBEATS = 3;
 
-/** Whether the state's owner process is alive, judged by its heartbeat (clocks in NTP sync). */
-export function ownerLive(s: RolloutState, now: number): boolean {
-  if (!s.owner) return false;
-  return now - Date.parse(s.owner.heartbeatAt) < STALE_HEARTBEATS * s.owner.heartbeatMs;
+/**
+ * The caller's direct look at the owner process, where it can take one (the CLI: a process on
+ * this host, by signal 0): false when it is certainly gone, undefined when it cannot tell.
+ */
+export type OwnerProbe = (owner: RolloutOwner) => boolean | undefined;
+
+/**
+ * Why the state's owner is gone (for the message that says so), or undefined while it is live:
+ * its heartbeat is fresh (clocks in NTP sync) and `probe` does not say the process is gone.
+ * The probe is what makes a crashed owner on this host visible at once rather than after
+ * STALE_HEARTBEATS periods (issue 13 item 11); it can only shorten the wait, never make a stale
+ * heartbeat live (a pid may have been reused).
+ */
+export function ownerGone(s: RolloutState, now: number, probe?: OwnerProbe): string | undefined {
+  const o = s.owner;
+  if (!o) return "no process owns it";
+  const age = now - Date.parse(o.heartbeatAt);
+  if (!(age < STALE_HEARTBEATS * o.heartbeatMs))
+    return `${o.host}:${o.pid} missed ${STALE_HEARTBEATS} heartbeats (last ${o.heartbeatAt})`;
+  if (probe?.(o) === false) return `${o.host}:${o.pid} is not running (pid ${o.pid} on this host)`;
+  return undefined;
+}
+
+/** Whether the state's owner process is alive (ownerGone says why not). */
+export function ownerLive(s: RolloutState, now: number, probe?: OwnerProbe): boolean {
+  return ownerGone(s, now, probe) === undefined;
 }

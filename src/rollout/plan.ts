@@ -197,11 +197,5 @@ export function noticeFor(s: RolloutState, deviceId: string, now: number): Updat
   };
 }
 
-/** "30m", "2h", "90s", "500ms", "1d" -> milliseconds; a string saying what is wrong otherwise. */
-export function parseDurationMs(text: string): number | string {
-  const m = /^(\d+)(ms|s|m|h|d)$/.exec(text.trim());
-  const unit = m && { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[m[2]!];
-  if (!m || !unit) return `"${text}" is not a duration like 30m, 2h, 90s or 500ms`;
-  const v = Number(m[1]) * unit;
-  return v > 0 && Number.isSafeInteger(v) ? v : `"${text}" must be above zero`;
-}
+/** "30m", "2h", "90s", "500ms", "1d" -> milliseconds: the one duration parser (src/duration.ts). */
+export { parseDurationMs } from "../duration.js";

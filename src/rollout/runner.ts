@@ -18,6 +18,7 @@ import { readRetained } from "../mqtt/client.js";
 import { encodeMessage, parseMessage } from "../mqtt/messages.js";
 import { checkStatus, type GatewayTrust } from "../mqtt/status-auth.js";
 import { parseTopic, type Topics } from "../mqtt/topics.js";
+import { printable } from "../text.js";
 import {
   type RolloutEffect,
   type RolloutEvent,
@@ -26,6 +27,7 @@ import {
   waveDeadline,
 } from "./machine.js";
 import {
+  type ControlAction,
   encodeRolloutControl,
   encodeRolloutState,
   parseRolloutControl,
@@ -68,7 +70,7 @@ async function publishNotices(
 ): Promise<void> {
   const sends: Promise<unknown>[] = [];
   for (const e of effects) {
-    if (e.type === "publish-notice") {
+    if (e.type === "publish-notice" || e.type === "republish-notice") {
       const notice = encodeMessage("notice", noticeFor(s, e.deviceId, now));
       sends.push(
         client.publishAsync(topics.desired(e.deviceId), bytes(notice), { qos: 1, retain: true }),
@@ -209,6 +211,88 @@ export async function applyUnowned(
   };
 }
 
+/** The machine input a control action stands for. */
+export function controlInput(
+  action: ControlAction,
+  reason: string | undefined,
+  now: number,
+): RolloutInput {
+  switch (action) {
+    case "pause":
+    case "abort":
+      return { type: action, ...(reason ? { reason } : {}), now };
+    case "resume":
+    case "retry-failed":
+    case "next-wave":
+      return { type: action, now };
+  }
+}
+
+/**
+ * Whether `after` shows `action` applied to `before` (the owner's retained state confirms it).
+ * retry-failed: every device that had failed was notified again (its notifiedAt moved) or the
+ * rollout ended; next-wave: a later wave is current.
+ */
+export function controlReached(
+  action: ControlAction,
+  before: RolloutState,
+): (after: RolloutState) => boolean {
+  switch (action) {
+    case "pause":
+      return (s) => s.state !== "running";
+    case "abort":
+      return (s) => s.state === "aborted";
+    case "resume":
+      return (s) => s.state !== "paused";
+    case "next-wave":
+      return (s) =>
+        s.currentWave > before.currentWave || s.state === "aborted" || s.state === "completed";
+    case "retry-failed": {
+      const failed = before.devices.filter((id) => before.perDevice[id]!.state === "failed");
+      return (s) =>
+        failed.every((id) => s.perDevice[id]?.notifiedAt !== before.perDevice[id]!.notifiedAt);
+    }
+  }
+}
+
+/**
+ * One operator action on a rollout, as `esp-ota rollout pause|resume|abort|retry-failed|
+ * next-wave` and the console send it: to the owning process over the control topic, confirmed
+ * by its retained state (E_ROLLOUT_CONTROL_TIMEOUT when it does not come); when no process owns
+ * the rollout (`owned` false: stale heartbeat, or it ended), applied here (applyUnowned). A
+ * rollout applied here that runs afterwards (resume, retry, next wave) has no owner yet: the
+ * caller takes it over (runRollout) or leaves it for `rollout resume`.
+ */
+export async function controlRollout(
+  client: MqttClient,
+  topics: Topics,
+  state: RolloutState,
+  o: { action: ControlAction; reason?: string; timeoutMs: number; owned: boolean; now?: number },
+): Promise<{ state: RolloutState; appliedHere: boolean; events: RolloutEvent[] }> {
+  const now = o.now ?? Date.now();
+  if (!o.owned) {
+    const r = await applyUnowned(client, topics, state, controlInput(o.action, o.reason, now));
+    return { ...r, appliedHere: true };
+  }
+  const w = watchState(
+    client,
+    topics,
+    state.rolloutId,
+    controlReached(o.action, state),
+    o.timeoutMs,
+  );
+  await w.ready;
+  await sendControl(client, topics, state.rolloutId, {
+    format: 1,
+    action: o.action,
+    ...(o.reason === undefined ? {} : { reason: o.reason }),
+    at: new Date(now).toISOString(),
+  });
+  const after = await w.result;
+  if (!after) throw new TypeError("controlRollout: the watch ended without a state");
+  return { state: after, appliedHere: false, events: [] };
+}
+
 export interface RunnerOptions {
   /** Connected (src/mqtt/client.ts connectMqtt). The runner neither connects nor ends it. */
   client: MqttClient;
@@ -221,7 +305,10 @@ export interface RunnerOptions {
   gateways?: GatewayTrust;
   /** A new rollout (machine.ts createRollout) or one loaded from the broker (loadRollout). */
   state: RolloutState;
-  /** Also apply `resume` (the operator asked to resume a paused rollout). */
+  /**
+   * Also apply `resume` when the rollout is paused, after a `tick` (the operator asked to go on;
+   * an overdue wave pauses on the tick and resumes with a fresh clock).
+   */
   resume?: boolean;
   /** Stop once the current wave's notices are out and saved (`rollout start --no-wait`). */
   detach?: boolean;
@@ -351,17 +438,20 @@ export async function runRollout(o: RunnerOptions): Promise<RolloutRunner> {
         const auth = checkStatus(p.value, o.gateways);
         if (!auth.ok)
           return o.onWarning?.(`status of ${t.id} ignored: ${auth.code} ${auth.reason}`);
+        // A signed status that does not name the notice it answers is from an agent before
+        // noticeDigest, which echoes whatever rolloutId a publisher wrote: it could be the
+        // outcome of anyone's notice (machine.ts statusAnswers; issue 12 defect 4).
+        if (p.value.releaseId === state.releaseId && p.value.noticeDigest === undefined)
+          return o.onWarning?.(
+            `status of ${t.id} ignored: it does not name the notice it answers (noticeDigest; the gateway's agent is older than this rollout tool)`,
+          );
       }
       enqueue({ type: "status", status: p.value, now: clock() });
     } else if (t.kind === "rollout-control" && t.id === rolloutId) {
       const p = parseRolloutControl(payload);
-      if (!p.ok) return o.onWarning?.(`control message ignored: ${p.code} ${p.reason}`);
+      if (!p.ok) return o.onWarning?.(`control message ignored: ${p.code} ${printable(p.reason)}`);
       const c = p.value;
-      enqueue(
-        c.action === "resume"
-          ? { type: "resume", now: clock() }
-          : { type: c.action, ...(c.reason ? { reason: c.reason } : {}), now: clock() },
-      );
+      enqueue(controlInput(c.action, c.reason, clock()));
     }
   };
 
@@ -410,9 +500,12 @@ export async function runRollout(o: RunnerOptions): Promise<RolloutRunner> {
   enqueue({ type: "start", now: clock() });
   if (o.resume) {
     // The operator asked to go on: an overdue wave (the process was down) pauses first, then the
-    // resume restarts its clock, instead of the wave timing out right after the resume.
+    // resume restarts its clock, instead of the wave timing out right after the resume. A
+    // rollout still running (taken over from a process that died) has nothing to resume: the
+    // input would only report itself ignored while this process runs it (issue 13 item 11).
     enqueue({ type: "tick", now: clock() });
-    enqueue({ type: "resume", now: clock() });
+    await idle();
+    if (state.state === "paused") enqueue({ type: "resume", now: clock() });
   }
   await idle();
   if (o.detach || state.state === "aborted" || state.state === "completed") await shutdown();

@@ -171,8 +171,15 @@ export class SimDevice {
     return this.state;
   }
 
-  /** esp_restart / a reset line pulled by the host. */
+  /**
+   * esp_restart, a watchdog, or a reset line pulled by the host. A chip whose power was cut
+   * stays off: esp_restart and the watchdogs are code and timers of a chip that is not running
+   * (this used to power the chip back on, so a restart or watchdog timer that outlived the cut
+   * could revive it; test/sim/esp-idf-fidelity.test.ts), so only POWERON_RESET (power restored,
+   * powerOn()) ends the latch.
+   */
   reset(cause: ResetCause = "SW_RESET"): DeviceState {
+    if (!this.flash.isPowered && cause !== "POWERON_RESET") return this.state;
     return this.powerOn(cause);
   }
 

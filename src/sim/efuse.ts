@@ -60,6 +60,18 @@ export interface EfuseSnapshot {
   downloadEncryptDisabled: boolean;
   downloadDecryptDisabled: boolean;
   cryptCntWriteProtected: boolean;
+  /**
+   * ENABLE_SECURITY_DOWNLOAD (S2 and later): the ROM loader runs as Secure Download Mode
+   * (esp32-facts §6.3; src/sim/rom-loader.ts). Optional: state files from before it restore as 0.
+   */
+  secureDownloadMode?: boolean;
+  /** UART_DOWNLOAD_DIS (ESP32 v3) / DIS_DOWNLOAD_MODE (S2 and later): no ROM loader at all. */
+  downloadModeDisabled?: boolean;
+  /**
+   * espefuse fields the boot path does not read (JTAG, WR_DIS/RD_DIS, key purposes...), by
+   * espefuse name, as src/provision/espefuse.ts burns them. Absent = all 0.
+   */
+  fields?: Record<string, number>;
 }
 
 function popcount(v: number): number {
@@ -188,6 +200,25 @@ export class Efuses {
     this.state.cryptCntWriteProtected = true;
   }
 
+  get secureDownloadMode(): boolean {
+    return this.state.secureDownloadMode === true;
+  }
+
+  get downloadModeDisabled(): boolean {
+    return this.state.downloadModeDisabled === true;
+  }
+
+  /** ENABLE_SECURITY_DOWNLOAD: the ESP32 has none (only UART_DOWNLOAD_DIS, esp32-facts §6.3). */
+  enableSecureDownloadMode(): void {
+    if (this.chip === "esp32") this.refuse("the ESP32 has no Secure Download Mode");
+    this.state.secureDownloadMode = true;
+  }
+
+  /** UART_DOWNLOAD_DIS / DIS_DOWNLOAD_MODE: the ROM never enters its serial loader again. */
+  disableDownloadMode(): void {
+    this.state.downloadModeDisabled = true;
+  }
+
   enableSecureBootV1(): void {
     if (!this.layout.secureBoot.includes("v1")) this.refuse(`${this.chip} has no Secure Boot V1`);
     if (this.state.secureBootV2) this.refuse("Secure Boot V2 is already enabled");
@@ -230,6 +261,20 @@ export class Efuses {
     }
     if (version <= this.secureVersion) return;
     this.state.secureVersion = (this.state.secureVersion | (2 ** version - 1)) >>> 0;
+  }
+
+  /** A named field from `fields` (0 when never burned). */
+  field(name: string): number {
+    return this.state.fields?.[name] ?? 0;
+  }
+
+  /** Burn bits of a named field (one-way: the result is the OR of old and new bits). */
+  burnField(name: string, value: number, bits: number): void {
+    if (!Number.isInteger(value) || value < 0 || value >= 2 ** bits)
+      this.refuse(`${name} ${value} does not fit ${bits} bits`);
+    const fields = this.state.fields ?? {};
+    fields[name] = ((fields[name] ?? 0) | value) >>> 0;
+    this.state.fields = fields;
   }
 
   snapshot(): EfuseSnapshot {

@@ -1,8 +1,9 @@
 /**
  * A simulated fleet on in-memory UART links, in real time: the same devices and protocol as
- * serveFleet's pseudo-terminals, without socat or serial ports. Each device is a SimEndpoint on the
- * device end of a VirtualLink whose pacing (baud/10 bytes per second), latency and deliveries run
- * on real timers; the host end is a BytePort a gateway agent opens with DeviceLink.over. Used by
+ * serveFleet's pseudo-terminals, without socat or serial ports. Each device is the C firmware (a FirmwareEndpoint)
+ * behind a PacedLink (src/sim/paced-link.ts: baud/10 bytes per second, 1 ms slices, the
+ * adapter's latency; the same class serveFleet puts on a pty) on one end of a memoryPair; the
+ * other end is a BytePort a gateway agent opens with DeviceLink.over. Used by
  * `esp-ota demo` where socat is missing and by `npm run bench:fleet` (1,000 devices in one
  * process, where ptys would need 1,000 socat processes).
  *
@@ -10,41 +11,17 @@
  * work on ptys).
  */
 import type { BytePort } from "../uart/port.js";
-import { type TimerHandle, type Timers, VirtualScheduler } from "../uart/scheduler.js";
-import { RX_CONFIGS, SimEndpoint } from "../uart/sim-endpoint.js";
-import { VirtualLink } from "../uart/virtual-link.js";
 import type { SimDevice } from "./device.js";
+import { FirmwareEndpoint } from "./firmware-device.js";
 import { type FleetDevice, loadFleetDevice, saveFleetDevice } from "./fleet.js";
-import { OrderedTimers } from "./fleet-serve.js";
+import { OrderedTimers } from "./ordered-timers.js";
+import { memoryPair, PacedLink } from "./paced-link.js";
+import { RX_CONFIGS } from "./rx-model.js";
 
 /**
- * VirtualLink on real time: its pacing and deliveries go to `timers` (OrderedTimers, which fire
- * strictly in due order, as a wire delivers) instead of a virtual clock.
+ * The adapter's turnaround, each way (ms): an FTDI's latency timer at its minimum, 1 ms (the
+ * default 16 ms is for tty use), or a CP210x's USB full-speed frame.
  */
-export class RealTimeScheduler extends VirtualScheduler {
-  constructor(private readonly timers: Timers) {
-    super();
-  }
-  override now(): number {
-    return this.timers.now();
-  }
-  override setTimer(ms: number, fn: () => void): TimerHandle {
-    return this.timers.setTimer(ms, fn);
-  }
-  override at(time: number, fn: () => void): TimerHandle {
-    return this.timers.setTimer(Math.max(0, time - this.timers.now()), fn);
-  }
-  override clearTimer(h: TimerHandle | undefined): void {
-    this.timers.clearTimer(h);
-  }
-  override run(): void {
-    throw new TypeError("RealTimeScheduler runs on real timers; there is nothing to run");
-  }
-}
-
-/** One USB 2.0 high-speed bulk packet: how a bridge hands received bytes to the host. */
-export const MEMORY_DELIVERY_CHUNK = 512;
-/** The adapter's latency timer at its minimum (FTDI: 1 ms; the default 16 ms is for tty use). */
 export const MEMORY_ADAPTER_LATENCY_MS = 1;
 
 export interface MemoryFleetOptions {
@@ -81,14 +58,12 @@ export function serveFleetInMemory(
   const served = devices.map((d) => {
     const device = loadFleetDevice(d);
     const timers = new OrderedTimers();
-    const link = new VirtualLink(new RealTimeScheduler(timers), {
-      baud: o.consoleBaud ?? 115200,
-      latencyMs: MEMORY_ADAPTER_LATENCY_MS,
-      deliveryChunk: MEMORY_DELIVERY_CHUNK,
-    });
-    const ep = new SimEndpoint(device, link.device, timers, { rx });
+    // The same paced wire as a pty gets in serveFleet, on a cable with no wire of its own.
+    const cable = memoryPair(o.consoleBaud ?? 115200);
+    const wire = new PacedLink(cable.device, timers, { latencyMs: MEMORY_ADAPTER_LATENCY_MS });
+    const ep = new FirmwareEndpoint(device, wire, timers, { rx });
     ep.powerOn();
-    return { deviceId: d.deviceId, device, port: link.host, link, timers, stateFile: d.stateFile };
+    return { deviceId: d.deviceId, device, port: cable.host, wire, timers, stateFile: d.stateFile };
   });
   const byId = new Map(served.map((s) => [s.deviceId, s]));
   let closed = false;
@@ -99,7 +74,7 @@ export function serveFleetInMemory(
       if (closed) return;
       closed = true;
       for (const s of served) {
-        s.link.disconnect();
+        s.wire.close();
         s.timers.close();
         if (o.save ?? true) saveFleetDevice(s.stateFile, s.device);
       }

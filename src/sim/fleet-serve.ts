@@ -12,7 +12,7 @@
  *  - a power cut leaves the adapter plugged (its link stays) and the chip off for
  *    POWER_CUT_OFF_MS, then it boots again, like a brown-out followed by a power-on reset.
  *
- * Each power-on of a device is one "life": a SimEndpoint behind a PowerGate (its port) and
+ * Each power-on of a device is one "life": a FirmwareEndpoint behind a PowerGate (its port) and
  * PowerTimers (its timers). When power goes, the gate and the timers close, so nothing the old
  * life had scheduled (an ACK, a baud revert, a restart) and no byte still on the wire can reach
  * the device again: the next life starts from the flash and eFuses alone, as hardware does.
@@ -24,15 +24,21 @@ import { existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, rmSync } f
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { EspOtaError, isEspOtaError } from "../errors.js";
-import { FaultPort, type RealFaults } from "../uart/fault-port.js";
 import type { BytePort } from "../uart/port.js";
-import type { TimerHandle, Timers } from "../uart/scheduler.js";
+import type { TimerHandle } from "../uart/scheduler.js";
 import { SerialBytePort } from "../uart/serial-port.js";
-import { RX_CONFIGS, SimEndpoint } from "../uart/sim-endpoint.js";
 import { SimDevice } from "./device.js";
+import { FaultPort, type RealFaults } from "./fault-port.js";
+import { FirmwareEndpoint } from "./firmware-device.js";
 import { saveFleetDevice } from "./fleet.js";
+import { OrderedTimers } from "./ordered-timers.js";
+import { PacedLink } from "./paced-link.js";
+import { RX_CONFIGS } from "./rx-model.js";
 
-/** Faults on every device's link, as `parseFaults` (src/uart/fault-port.ts) returns them. */
+// OrderedTimers was first defined here; code written against that keeps working.
+export { OrderedTimers };
+
+/** Faults on every device's link, as `parseFaults` (src/sim/fault-port.ts) returns them. */
 export type FaultOptions = RealFaults;
 
 export interface ServeFleetOptions {
@@ -126,178 +132,6 @@ class PowerGate implements BytePort {
   }
 }
 
-/**
- * Real timers that fire in due-time order, ties in the order they were set. Node's setTimeout
- * counts a delay from the event loop's cached millisecond clock (getLibuvNow), not from
- * performance.now(): two delays computed from performance.now() in one tick can fire in the
- * wrong order, and SimEndpoint and PacedPort compute theirs that way (a boot log line, or an ACK,
- * overtook the one written before it when these used `realTimers`). One Node timer per queue.
- */
-/**
- * The device end of a pty pair. A pty has no baud rate (socat relays at memory speed; PacedPort
- * models the wire from `baud`), and changing a port's rate through serialport flushes both kernel
- * queues (bindings-cpp: tcflush(fd, TCIOFLUSH) before tcsetattr). SimEndpoint sets the console
- * rate at every reset, so each boot threw away a HELLO the host had just sent (it answered only
- * after the host's 3 s retry) and part of the boot log: here the rate is only recorded.
- */
-class PtyEnd implements BytePort {
-  constructor(
-    private readonly serial: SerialBytePort,
-    private rate: number,
-  ) {}
-  get baud(): number {
-    return this.rate;
-  }
-  setBaud(baud: number): void {
-    this.rate = baud;
-  }
-  write(bytes: Uint8Array): void {
-    this.serial.write(bytes);
-  }
-  onData(cb: (b: Uint8Array) => void): void {
-    this.serial.onData(cb);
-  }
-  onClose(cb: () => void): void {
-    this.serial.onClose(cb);
-  }
-  close(): void {
-    this.serial.close();
-  }
-}
-
-/**
- * Real-time pacing at baud/10 bytes a second, as PacedPort (src/uart/paced-port.ts) models a
- * UART on a pty, but strictly in order in each direction. PacedPort hands a chunk over at once
- * when its slot is under 0.5 ms away, even while an earlier chunk still waits on a timer: an ACK
- * overtook the RESULT written just before it and the host, seeing the ACK first, stalled at
- * "no ACK progress at offset 0". Here a chunk waits behind every earlier one.
- */
-class PacedWire implements BytePort {
-  private dataCb: ((b: Uint8Array) => void) | undefined;
-  private readonly freeAt = { rx: 0, tx: 0 };
-  private readonly waiting = { rx: 0, tx: 0 };
-
-  constructor(
-    private readonly inner: BytePort,
-    private readonly timers: Timers,
-  ) {
-    inner.onData((b) => this.pass("rx", b, (x) => this.dataCb?.(x)));
-  }
-
-  get baud(): number {
-    return this.inner.baud;
-  }
-  write(bytes: Uint8Array): void {
-    this.pass("tx", bytes, (x) => this.inner.write(x));
-  }
-  onData(cb: (b: Uint8Array) => void): void {
-    this.dataCb = cb;
-  }
-  onClose(cb: () => void): void {
-    this.inner.onClose(cb);
-  }
-  setBaud(baud: number): void {
-    this.inner.setBaud(baud);
-  }
-  close(): void {
-    this.inner.close();
-  }
-
-  /** A chunk leaves (tx) when the wire is free, or is received (rx) once its last byte is in. */
-  private pass(dir: "rx" | "tx", b: Uint8Array, out: (b: Uint8Array) => void): void {
-    const now = this.timers.now();
-    const start = Math.max(now, this.freeAt[dir]);
-    this.freeAt[dir] = start + (b.length * 10_000) / this.inner.baud;
-    const at = dir === "tx" ? start : this.freeAt[dir];
-    if (at <= now && this.waiting[dir] === 0) {
-      out(b);
-      return;
-    }
-    const copy = Uint8Array.from(b);
-    this.waiting[dir]++;
-    this.timers.setTimer(at - now, () => {
-      this.waiting[dir]--;
-      out(copy);
-    });
-  }
-}
-
-/** Due times closer than this are one time: far below a UART byte (5 µs at 2 Mbaud). */
-const TIE_MS = 1e-3;
-
-export class OrderedTimers implements Timers {
-  private queue: { at: number; id: number; fn: () => void }[] = [];
-  private nextId = 0;
-  private armed: { at: number; timer: ReturnType<typeof setTimeout> } | undefined;
-  private closed = false;
-  private tickNow: number | undefined;
-
-  /**
-   * One value per synchronous run, like the event loop's own clock. A caller that computes a
-   * delay as `due - now()` then sets a timer gets exactly `due` back: with a fresh reading here
-   * the two readings differed by microseconds (more under load), enough to order two frames of
-   * one device time (a RESULT and the ACK sent after it) the wrong way round.
-   */
-  now(): number {
-    if (this.tickNow === undefined) {
-      this.tickNow = performance.now();
-      queueMicrotask(() => {
-        this.tickNow = undefined;
-      });
-    }
-    return this.tickNow;
-  }
-
-  setTimer(ms: number, fn: () => void): TimerHandle {
-    if (!(ms >= 0)) throw new RangeError(`setTimer: ${ms} is not a delay`);
-    const e = { at: this.now() + ms, id: ++this.nextId, fn };
-    if (this.closed) return { id: e.id };
-    // After every entry due no later, ties in the order set. "No later" within TIE_MS, for float
-    // rounding: now + (due - now) can be a few ulps off `due` (boot log lines printed at one
-    // device time came out shuffled before this).
-    let i = this.queue.length;
-    while (i > 0 && this.queue[i - 1]!.at > e.at + TIE_MS) i--;
-    this.queue.splice(i, 0, e);
-    this.arm();
-    return { id: e.id };
-  }
-
-  clearTimer(h: TimerHandle | undefined): void {
-    if (!h) return;
-    const i = this.queue.findIndex((e) => e.id === h.id);
-    if (i >= 0) this.queue.splice(i, 1);
-  }
-
-  /** Drops every pending timer; later ones are never run. */
-  close(): void {
-    this.closed = true;
-    this.queue = [];
-    if (this.armed) clearTimeout(this.armed.timer);
-    this.armed = undefined;
-  }
-
-  private arm(): void {
-    const head = this.queue[0];
-    if (!head || (this.armed && this.armed.at <= head.at)) return;
-    if (this.armed) clearTimeout(this.armed.timer);
-    this.armed = {
-      at: head.at,
-      timer: setTimeout(() => this.fire(), Math.max(0, head.at - this.now())),
-    };
-  }
-
-  private fire(): void {
-    this.armed = undefined;
-    const now = this.now();
-    try {
-      while (this.queue.length > 0 && this.queue[0]!.at <= now) this.queue.shift()!.fn();
-    } finally {
-      // Early by up to a millisecond (libuv rounds), or set meanwhile: wait for the rest.
-      this.arm();
-    }
-  }
-}
-
 /** A life's timers: every callback runs through the life's guard; closing drops them all. */
 class PowerTimers extends OrderedTimers {
   constructor(private readonly guard: (fn: () => void) => void) {
@@ -358,7 +192,7 @@ export async function serveFleet(
   const privateDir = mkdtempSync(join(tmpdir(), "esp-ota-fleet-"));
 
   const slots = devices.map((d, i) => {
-    // A VirtualClock (deserialize's default) with real timers: SimEndpoint then waits out the
+    // A VirtualClock (deserialize's default) with real timers: the device side then waits out the
     // flash's busy time on the timers it is given, so every continuation runs through this
     // device's PowerTimers (a RealClock's settle() would resume it outside them).
     const device = SimDevice.deserialize(new Uint8Array(readFileSync(d.stateFile)));
@@ -381,9 +215,10 @@ export async function serveFleet(
   };
 
   /**
-   * Every entry into a device's life. SimEndpoint catches a power cut inside a frame handler but
-   * not one in its idle-time erase-ahead (UartOtaDevice.drained), which would otherwise escape
-   * into the event loop; the chip is off either way, and the flash says so.
+   * Every entry into a device's life. FirmwareEndpoint catches a power cut inside any call into
+   * the firmware; this guard also catches one anywhere else a life's timers or port reach the
+   * chip (the boot after a restart), which would otherwise escape into the event loop; the chip
+   * is off either way, and the flash says so.
    */
   const guard = (s: Slot) => (fn: () => void) => {
     try {
@@ -421,7 +256,7 @@ export async function serveFleet(
     const g = guard(s);
     const life: Life = { gate: new PowerGate(adapter.wire, g), timers: new PowerTimers(g) };
     s.life = life;
-    const ep = new SimEndpoint(s.device, life.gate, life.timers, { rx });
+    const ep = new FirmwareEndpoint(s.device, life.gate, life.timers, { rx });
     const toWire = s.device.uart.onLine;
     s.device.uart.onLine = (line) => {
       o.onLog?.(s.deviceId, line);
@@ -443,8 +278,9 @@ export async function serveFleet(
       throw e;
     }
     // A pty has no wire: pace it at the baud rate so it behaves like a UART (as `sim serve`).
+    // PacedLink keeps the rate to itself: setting one on a pty flushes its queues.
     const timers = new OrderedTimers();
-    let wire: BytePort = new PacedWire(new PtyEnd(serial, consoleBaud), timers);
+    let wire: BytePort = new PacedLink(serial, timers, { baud: consoleBaud });
     if (o.faults) wire = new FaultPort(wire, timers, o.faults, s.index + 1);
     const adapter: Adapter = { socat, serial, timers, wire };
     s.adapter = adapter;

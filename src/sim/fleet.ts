@@ -15,16 +15,7 @@
  * encrypts with), the bootloader built with rollback and anti-rollback, and one first boot, after
  * which ota_0 runs VALID (the bootloader records it in otadata, esp32-facts §1.3).
  */
-import {
-  chmodSync,
-  existsSync,
-  mkdirSync,
-  readdirSync,
-  readFileSync,
-  renameSync,
-  statSync,
-  writeFileSync,
-} from "node:fs";
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { EspOtaError } from "../errors.js";
 import { chipByName, type SecureBootScheme } from "../esp/chips.js";
@@ -34,6 +25,7 @@ import {
   loadPartitionTable,
   type Partition,
 } from "../esp/partition-table.js";
+import { writeFileAtomicSync } from "../fs/write-atomic.js";
 import { encodeTrustPolicy, type ManifestKeyAlg } from "../release/keyring.js";
 import {
   addManifestKey,
@@ -464,12 +456,13 @@ export function setFleetBehaviour(
   saveFleetDevice(d.stateFile, dev);
 }
 
+/**
+ * Atomic, not durable: a simulated fleet is test state that can be made again, and an fsync per
+ * device would slow `sim fleet create` of a thousand devices for nothing (src/fs/write-atomic.ts).
+ */
 function writeAtomic(path: string, data: string | Uint8Array, mode: number): void {
-  const tmp = `${path}.${process.pid}.tmp`;
   try {
-    writeFileSync(tmp, data, { mode });
-    chmodSync(tmp, mode);
-    renameSync(tmp, path);
+    writeFileAtomicSync(path, data, { mode, durable: false });
   } catch (e) {
     throw new EspOtaError(
       "E_FILE_WRITE",

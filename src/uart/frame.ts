@@ -132,6 +132,38 @@ export class FrameDecoder {
     return out;
   }
 
+  /**
+   * `push` for bytes that come after a silence of FRAME_GAP_MS while a frame was incomplete, as
+   * a reader sees them: if these bytes complete that frame and its CRC-32 holds, it was the same
+   * frame read late (a reader starved of CPU on a busy gateway reads the rest of a frame that
+   * sat in the kernel's buffer all along), and it is kept; otherwise the frame is given up as
+   * `expire` does and the bytes are decoded afresh (§2.3). The CRC-32 decides, so nothing that
+   * expire would have refused is accepted; only a frame that was whole is no longer lost.
+   */
+  pushAfterSilence(chunk: Uint8Array): DecodeEvent[] {
+    if (this.completesPending(chunk)) return this.push(chunk);
+    return [...this.expire(), ...this.push(chunk)];
+  }
+
+  /** Whether the held partial frame plus `chunk` make a whole frame whose CRCs check. */
+  completesPending(chunk: Uint8Array): boolean {
+    const held = this.len;
+    if (held === 0 || this.buf[0] !== SOF0) return false;
+    const at = (i: number): number => (i < held ? this.buf[i]! : chunk[i - held]!);
+    const avail = held + chunk.length;
+    if (avail < HEADER_LEN) return false;
+    const head = Uint8Array.of(at(0), at(1), at(2), at(3), at(4), at(5));
+    const n = head[3]! | (head[4]! << 8);
+    if (head[1] !== SOF1 || crc8(head, 2, 5) !== head[5] || n > MAX_PAYLOAD) return false;
+    const total = FRAME_OVERHEAD + n;
+    if (avail < total) return false;
+    const whole = new Uint8Array(total);
+    whole.set(this.buf.subarray(0, Math.min(held, total)));
+    if (held < total) whole.set(chunk.subarray(0, total - held), held);
+    const want = new DataView(whole.buffer).getUint32(HEADER_LEN + n, true);
+    return crc32(whole.subarray(2, HEADER_LEN + n)) === want;
+  }
+
   /** Bytes held while waiting for the rest of a frame. */
   get pending(): number {
     return this.len;

@@ -7,6 +7,7 @@
  */
 import type { ErrorCode, ErrorContext } from "../errors.js";
 import { OTA_STATE, seqToSlot, stateName } from "../esp/otadata.js";
+import { quote } from "../text.js";
 import { FRAME_OVERHEAD } from "./frame.js";
 import {
   type Ack,
@@ -44,6 +45,13 @@ export interface HostJob {
   expectVersion?: string;
   /** Negotiate this baud after the handshake (default: stay at the console rate). */
   targetBaud?: number;
+  /**
+   * A rate the device may have been left at, asked at when HELLO goes unanswered at the console
+   * rate, without negotiating it afterwards (default: targetBaud). For a session that only reads
+   * INFO: a transfer cut short (superseded, cancelled, failed) leaves the device at the transfer
+   * rate until its next reset, and the gateway's next INFO must still find it.
+   */
+  probeBaud?: number;
   /** The rate the device's console boots into (default 115200, the ESP-IDF default). */
   consoleBaud?: number;
   timeouts?: Partial<HostTimeouts>;
@@ -113,7 +121,12 @@ export type HostInput =
   | { kind: "timer"; now: number; name: TimerName }
   | { kind: "reset-seen"; now: number }
   | { kind: "closed"; now: number }
-  | { kind: "cancel"; now: number; reason: string };
+  /**
+   * `keep`: end the session without ABORT, so the device's progress record stays open (§6.4):
+   * the job is being replaced by one that may send the same image, whose BEGIN then resumes
+   * instead of erasing otadata and the slot again (issue 12 defect 6).
+   */
+  | { kind: "cancel"; now: number; reason: string; keep?: boolean };
 
 interface Ctx {
   job: HostJob;
@@ -196,7 +209,7 @@ export function transition(s: HostState, input: HostInput): Step {
   if (phase.kind === "done") return { state: s, effects: [] };
   if (input.kind === "closed")
     return fail(s, "E_UART_DISCONNECTED", "the serial link closed", { phase: phase.kind });
-  if (input.kind === "cancel") return cancel(s, input.reason);
+  if (input.kind === "cancel") return cancel(s, input.reason, input.keep === true);
   if (input.kind === "start") return hello(s, 1, input.now);
   if (input.kind === "reset-seen") return onReset(s);
   if (input.kind === "timer") return onTimer(s, input.name, input.now);
@@ -260,7 +273,7 @@ function request(type: number, payload: Uint8Array = new Uint8Array(0)): Effect 
  * the console rate is repeated at the target rate before the next one.
  */
 function probeBaud(s: HostState): number | undefined {
-  const target = s.ctx.job.targetBaud;
+  const target = s.ctx.job.probeBaud ?? s.ctx.job.targetBaud;
   return target !== undefined && target !== consoleBaud(s) ? target : undefined;
 }
 
@@ -375,16 +388,16 @@ function onReset(s: HostState): Step {
   return { state: s, effects: [{ kind: "event", event: { kind: "device-reset" } }] };
 }
 
-function cancel(s: HostState, reason: string): Step {
+function cancel(s: HostState, reason: string, keep: boolean): Step {
   const k = s.phase.kind;
-  if (k === "begin" || k === "send" || k === "end") {
+  if ((k === "begin" || k === "send" || k === "end") && !keep) {
     return go(s, { kind: "aborting", code: "E_UART_CANCELLED", message: reason }, [
       { kind: "timer", name: "hold", ms: undefined },
       request(MSG.ABORT),
       respTimer(s, Math.min(s.ctx.t.responseMs, 1000)),
     ]);
   }
-  return fail(s, "E_UART_CANCELLED", reason, { phase: k });
+  return fail(s, "E_UART_CANCELLED", reason, { phase: k, ...(keep ? { kept: true } : {}) });
 }
 
 function onTimer(s: HostState, name: TimerName, now: number): Step {
@@ -493,7 +506,8 @@ function baudFallback(s: HostState): Step {
 
 function resultFailure(s: HostState, r: Result): Step {
   const ctx = { status: statusName(r.status), espErr: r.espErr, request: r.request };
-  const msg = `${statusName(r.status)}: ${r.detail}`;
+  // The device's own words: at most 255 bytes (a u8-prefixed string), control characters escaped.
+  const msg = `${statusName(r.status)}: ${quote(r.detail, 255)}`;
   switch (r.status) {
     case STATUS.RUNNING_SLOT:
     case STATUS.NOT_APP_SLOT:
@@ -511,6 +525,13 @@ function resultFailure(s: HostState, r: Result): Step {
         msg,
         ctx,
       );
+    // A device that refuses (BAD_STATE) or whose flash failed (FLASH_ERROR) did not send
+    // anything the host cannot use: E_UART_PROTOCOL, which says that, sent the operator to
+    // compare firmware versions for a worn flash (issue 12, "distinct codes").
+    case STATUS.FLASH_ERROR:
+      return fail(s, "E_UART_FLASH_ERROR", msg, ctx);
+    case STATUS.BAD_STATE:
+      return fail(s, "E_UART_BAD_STATE", msg, ctx);
     default:
       return fail(s, "E_UART_PROTOCOL", msg, ctx);
   }
@@ -672,7 +693,7 @@ function onResult(s: HostState, r: Result): Step {
           {
             kind: "aborting",
             code: "E_UART_VERSION_MISMATCH",
-            message: `the device verified an image of version ${JSON.stringify(r.detail)}, the manifest says ${JSON.stringify(want)}`,
+            message: `the device verified an image of version ${JSON.stringify(quote(r.detail, 64))}, the manifest says ${JSON.stringify(want)}`,
           },
           [request(MSG.ABORT), respTimer(s, Math.min(s.ctx.t.responseMs, 1000))],
         );
@@ -719,8 +740,15 @@ function onAnnounce(s: HostState, a: Announce, now: number): Step {
     case "activate": {
       // The device reset in the middle: its RAM is gone, its progress record is not (§6.4).
       if (a.phase !== 0) return { state: s, effects: [ev] };
+      // Not E_UART_TIMEOUT ("stopped answering": retried, a cable's fault): a device that keeps
+      // resetting is crashing or browning out, and retrying the transfer only resets it again.
       if (s.ctx.resumes >= s.ctx.t.resumes)
-        return fail(s, "E_UART_TIMEOUT", `device reset ${s.ctx.resumes} times during the transfer`);
+        return fail(
+          s,
+          "E_UART_RESET_LOOP",
+          `device reset ${s.ctx.resumes} times during the transfer`,
+          { resets: s.ctx.resumes },
+        );
       const st = withCtx(s, { resumes: s.ctx.resumes + 1, info: undefined, baud: consoleBaud(s) });
       return withEv(
         go(st, { kind: "hello", attempt: 1, sentAt: now }, [

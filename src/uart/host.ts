@@ -46,6 +46,11 @@ export interface SessionStats {
   dataFramesSent: number;
   dataBytesSent: number;
   logLines: number;
+  /**
+   * Partial frames given up after a silence of FRAME_GAP_MS (§2.3: a lost byte, a reset, a
+   * pulled cable): the agent's `esp_ota_agent_uart_frame_errors_total{kind="gap"}`.
+   */
+  gapResyncs: number;
 }
 
 export class HostSession {
@@ -63,6 +68,7 @@ export class HostSession {
     dataFramesSent: 0,
     dataBytesSent: 0,
     logLines: 0,
+    gapResyncs: 0,
   };
   /** The last console lines (for error reports: why a device did not boot). */
   readonly recentLog: string[] = [];
@@ -91,6 +97,10 @@ export class HostSession {
           kind: "cancel",
           now: this.o.timers.now(),
           reason: String(sig.reason ?? "cancelled"),
+          // A reason that says so keeps the device's transfer open (HostInput "cancel").
+          ...(isEspOtaError(sig.reason) && sig.reason.context.keepTransfer === true
+            ? { keep: true }
+            : {}),
         });
       if (sig.aborted) queueMicrotask(onAbort);
       else sig.addEventListener("abort", onAbort, { once: true });
@@ -101,10 +111,9 @@ export class HostSession {
 
   private onBytes(b: Uint8Array): void {
     const now = this.o.timers.now();
-    const evs =
-      now - this.lastBytesAt > FRAME_GAP_MS && this.decoder.pending > 0
-        ? [...this.decoder.expire(), ...this.decoder.push(b)]
-        : this.decoder.push(b);
+    const afterSilence = now - this.lastBytesAt > FRAME_GAP_MS && this.decoder.pending > 0;
+    if (afterSilence && !this.decoder.completesPending(b)) this.stats.gapResyncs++;
+    const evs = afterSilence ? this.decoder.pushAfterSilence(b) : this.decoder.push(b);
     this.lastBytesAt = now;
     for (const ev of evs) {
       if (this.settled) return;

@@ -6,6 +6,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import {
   AgentConfigError,
   agentConfigJsonSchema,
+  agentWriteDirs,
   CONFIG_DEFAULTS,
   type ConfigDeps,
   type ConfigProblem,
@@ -16,8 +17,15 @@ import {
   gatewayIdFromHostname,
   loadAgentConfig,
   parseAgentConfig,
+  prepareStateDirs,
+  stateDirProblems,
 } from "../../agent/config.js";
-import { registerAgentConfigCommands } from "../../agent/config-command.js";
+import {
+  customiseExample,
+  redactedConfig,
+  redactUrl,
+  registerAgentConfigCommands,
+} from "../../agent/config-command.js";
 import { runCli } from "../../src/cli/program.js";
 import {
   encodeTrustPolicy,
@@ -25,6 +33,7 @@ import {
   type TrustPolicy,
   trustPolicyFromKeys,
 } from "../../src/release/keyring.js";
+import { runCapture } from "../helpers/cli.js";
 
 const KEYS = [
   generateManifestKey("ed25519"),
@@ -37,6 +46,7 @@ const POLICY: TrustPolicy = trustPolicyFromKeys(KEYS, 2, []);
 const TRUST_JSON = encodeTrustPolicy(POLICY);
 const FILE = "/etc/esp-ota/gateway.yaml";
 const EXAMPLE = readFileSync(new URL("../../agent/gateway.example.yaml", import.meta.url), "utf8");
+const AS_ROOT = process.getuid?.() === 0;
 
 /** Fake files: trust.json next to the config, plus whatever a test adds. */
 function deps(files: Record<string, string> = {}, extra: ConfigDeps = {}): ConfigDeps {
@@ -117,7 +127,6 @@ describe("agent config: the example and the defaults", () => {
         url: "mqtt://127.0.0.1:1883",
         prefix: "esp-ota/v1",
         clientId: "esp-ota-gw-Line-3-Gateway",
-        protocolVersion: 5,
         keepaliveSec: 30,
       },
       trust: { policy: "/etc/esp-ota/trust.json", revoked: [] },
@@ -132,6 +141,7 @@ describe("agent config: the example and the defaults", () => {
       download: { ...CONFIG_DEFAULTS.download },
       policy: { ...CONFIG_DEFAULTS.policy },
       log: { ...CONFIG_DEFAULTS.log },
+      metrics: { enabled: false, listen: { host: "127.0.0.1", port: 9477 } },
     });
   });
 
@@ -549,6 +559,14 @@ download:
     );
   });
 
+  it("mqtt.protocolVersion: unset means MQTT 5 with the fallback; 5 or 4 forces that version", () => {
+    // issue 12 (defect 16): `5` was documented to force MQTT 5 but was also the default, so the
+    // agent could not tell a forced 5 from none and always fell back to 3.1.1 silently.
+    expect(parse(MINIMAL).config?.mqtt.protocolVersion).toBeUndefined();
+    expect(parse(`${MINIMAL}mqtt:\n  protocolVersion: 5\n`).config?.mqtt.protocolVersion).toBe(5);
+    expect(parse(`${MINIMAL}mqtt:\n  protocolVersion: 4\n`).config?.mqtt.protocolVersion).toBe(4);
+  });
+
   it("misuse throws TypeError", () => {
     expect(() => parseAgentConfig(undefined as unknown as string, FILE)).toThrow(TypeError);
     expect(() => parseAgentConfig("", "")).toThrow(TypeError);
@@ -672,6 +690,18 @@ describe("agent config: files and the CLI", () => {
     expect(json.mqtt.password).toBe("(set)");
     expect(json.trust.policy).toBe(join(dir, "trust.json"));
 
+    // Issue 13 item 15: a password in the broker URL (accepted, with a warning) is not printed.
+    writeFileSync(
+      join(dir, "url-pw.yaml"),
+      `${MINIMAL}mqtt:\n  url: mqtts://gw:hunter2@broker.example:8883\n`,
+    );
+    const urlPw = await cli(["agent", "check-config", "--config", "url-pw.yaml", "--print"]);
+    expect(urlPw.code).toBe(0);
+    expect(urlPw.stderr).toContain("mqtt.url: the URL holds a password");
+    expect(urlPw.stdout + urlPw.stderr).not.toContain("hunter2");
+    const urlJson = JSON.parse(urlPw.stdout.slice(urlPw.stdout.indexOf("{")));
+    expect(urlJson.mqtt.url).toBe("mqtts://gw:(redacted)@broker.example:8883");
+
     writeFileSync(
       join(dir, "bad2.yaml"),
       `${MINIMAL}mqtt:\n  password: pw\n  url: x\nlog:\n  level: loud\n`,
@@ -711,8 +741,55 @@ describe("agent config: files and the CLI", () => {
     );
     writeFileSync(join(dir, "site/trust.json"), TRUST_JSON);
     const checked = await cli(["agent", "check-config", "--config", "site/gateway.yaml"]);
-    expect(checked).toEqual({ code: 0, stdout: "ok site/gateway.yaml\n", stderr: "" });
+    expect(checked).toEqual({
+      code: 0,
+      stdout: "ok site/gateway.yaml\n",
+      // As root, check-config says that root's permissions prove nothing about the agent's user.
+      stderr: AS_ROOT ? expect.stringContaining("checked as root") : "",
+    });
   });
+  it("check-config refuses a stateDir or stagingDir the agent could not write, naming it", async () => {
+    // A regular file where a directory should be: refused whoever runs the check, root included.
+    writeFileSync(join(dir, "not-a-dir"), "");
+    writeFileSync(
+      join(dir, "dirs.yaml"),
+      `${MINIMAL}stateDir: not-a-dir/state\nstagingDir: not-a-dir\n`,
+    );
+    const r = await cli(["agent", "check-config", "--config", "dirs.yaml"]);
+    expect(r.code).toBe(1);
+    expect(r.stdout).toBe("");
+    expect(r.stderr).toContain("error E_CONFIG_INVALID: dirs.yaml has 3 errors:");
+    expect(r.stderr).toContain(
+      `dirs.yaml: stateDir: ${join(dir, "not-a-dir/state")} (the gateway's key and state): ${join(dir, "not-a-dir")} exists and is not a directory`,
+    );
+    expect(r.stderr).toContain(`dirs.yaml: stagingDir: ${join(dir, "not-a-dir")} (downloads`);
+  });
+
+  it("the agent without --config is a usage error (exit 2), not help and exit 0", async () => {
+    const r = await runCapture(["agent"], dir);
+    expect(r.code).toBe(2);
+    expect(r.stdout).toBe("");
+    expect(r.stderr).toContain("required option '--config <file>' not specified");
+    expect(r.stderr).toContain("E_USAGE");
+  });
+
+  it("the agent refuses to start on a state directory it cannot write: E_AGENT_STATE naming it", async () => {
+    writeFileSync(join(dir, "trust.json"), TRUST_JSON);
+    writeFileSync(join(dir, "blocked"), "");
+    // The state directory is fine, the staging directory is not: this used to pass check-config
+    // and then end the agent with E_INTERNAL (a raw ENOTDIR/EACCES from mkdir).
+    writeFileSync(
+      join(dir, "blocked.yaml"),
+      `${MINIMAL}stateDir: blocked-ok\nstagingDir: blocked/staging\n`,
+    );
+    const r = await runCapture(["agent", "--config", "blocked.yaml", "--duration", "1ms"], dir);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(
+      `error E_AGENT_STATE: cannot write ${join(dir, "blocked/staging")} (stagingDir: downloads in progress)`,
+    );
+    expect(r.stderr).not.toContain("E_INTERNAL");
+  });
+
   it("agent key creates the gateway's key once and prints its identity; gateways add/list/remove keep the trust file", async () => {
     writeFileSync(join(dir, "trust.json"), TRUST_JSON);
     writeFileSync(
@@ -743,5 +820,146 @@ describe("agent config: files and the CLI", () => {
     expect((await cli(["gateways", "remove", "gateways.json", "gw-a"])).code).toBe(0);
     expect((await cli(["gateways", "list", "gateways.json"])).stdout).toBe("");
     expect((await cli(["gateways", "remove", "gateways.json", "gw-a"])).code).toBe(1);
+  });
+});
+
+describe("agent config: where the agent writes (issue 13 item 13)", () => {
+  it("the example leaves stagingDir to follow stateDir, so moving stateDir moves the downloads", () => {
+    const moved = customiseExample(EXAMPLE, {
+      stateDir: "/var/lib/esp-ota",
+      trustPolicy: "/etc/esp-ota/trust.json",
+      broker: "mqtts://broker.example:8883",
+    });
+    const { config, problems } = parse(moved);
+    expect(problems).toEqual([]);
+    expect(config!.stateDir).toBe("/var/lib/esp-ota");
+    expect(config!.stagingDir).toBe("/var/lib/esp-ota/staging");
+    expect(config!.trust.policy).toBe("/etc/esp-ota/trust.json");
+    expect(config!.mqtt.url).toBe("mqtts://broker.example:8883");
+    // Only those three lines changed: the comments stay.
+    const changed = moved.split("\n").filter((l, i) => l !== EXAMPLE.split("\n")[i]);
+    expect(changed).toEqual([
+      '  url: "mqtts://broker.example:8883"',
+      '  policy: "/etc/esp-ota/trust.json"',
+      'stateDir: "/var/lib/esp-ota"',
+    ]);
+    // A value YAML would misread stays as written.
+    const odd = customiseExample(EXAMPLE, { stateDir: "/srv/a: b #c" });
+    expect(parse(odd).config!.stateDir).toBe("/srv/a: b #c");
+  });
+
+  it("lists every directory the agent writes, each writable or creatable by the user", () => {
+    const c = { stateDir: "/var/lib/esp-ota", stagingDir: "/var/lib/esp-ota/staging" };
+    expect(agentWriteDirs(c).map((d) => d.path)).toEqual([
+      "/var/lib/esp-ota",
+      "/var/lib/esp-ota/devices",
+      "/var/lib/esp-ota/staging",
+    ]);
+    const existing = new Set(["/", "/var", "/var/lib", "/var/lib/esp-ota"]);
+    const kind = (p: string) => (existing.has(p) ? ("dir" as const) : ("missing" as const));
+    // All writable: nothing to say.
+    expect(stateDirProblems(c, { kind, cannotWrite: () => undefined, user: "esp-ota" })).toEqual(
+      [],
+    );
+    // stateDir exists but belongs to root: every directory is named, with what to do.
+    const rootOwned = stateDirProblems(c, {
+      kind,
+      cannotWrite: (p) => (p.startsWith("/var/lib/esp-ota") ? "EACCES" : undefined),
+      user: "esp-ota (uid 998)",
+    });
+    expect(rootOwned.map((p) => [p.path, p.severity])).toEqual([
+      ["stateDir", "error"],
+      ["stateDir", "error"],
+      ["stagingDir", "error"],
+    ]);
+    expect(rootOwned[0]!.message).toBe(
+      "/var/lib/esp-ota (the gateway's key and state): not writable by esp-ota (uid 998) (EACCES); make it the agent user's (chown) or set stateDir to a directory it owns",
+    );
+    expect(rootOwned[1]!.message).toContain(
+      "/var/lib/esp-ota/devices (the device ledgers): does not exist, and /var/lib/esp-ota is not writable by esp-ota (uid 998) (EACCES)",
+    );
+    // A read-only mount (ProtectSystem=strict, or / mounted ro): EROFS even for root.
+    const ro = stateDirProblems(
+      { stateDir: "/etc/esp-ota/state", stagingDir: "/etc/esp-ota/state/staging" },
+      { kind, cannotWrite: () => "EROFS", user: "root (uid 0)" },
+    );
+    expect(ro[0]!.message).toContain("/etc/esp-ota/state (the gateway's key and state)");
+    expect(ro[0]!.message).toContain("/ is not writable by root (uid 0) (EROFS)");
+  });
+
+  it("prepareStateDirs creates them owner-only, or throws E_AGENT_STATE naming the directory", () => {
+    const root = mkdtempSync(join(tmpdir(), "esp-ota-dirs-"));
+    try {
+      const c = { stateDir: join(root, "state"), stagingDir: join(root, "state", "staging") };
+      prepareStateDirs(c);
+      for (const d of agentWriteDirs(c)) expect(statSync(d.path).mode & 0o777).toBe(0o700);
+      let err: unknown;
+      try {
+        prepareStateDirs(c, { cannotWrite: (p) => (p.endsWith("staging") ? "EACCES" : undefined) });
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toMatchObject({
+        code: "E_AGENT_STATE",
+        context: { path: c.stagingDir, key: "stagingDir" },
+      });
+      expect((err as Error).message).toContain(`cannot write ${c.stagingDir} (stagingDir`);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("agent config: check-config --print shows no secret (issue 13 item 15)", () => {
+  it("redacts password fields and URL passwords anywhere, and nothing else", () => {
+    const c = parse(`${MINIMAL}mqtt:\n  url: ws://u:p%40ss@h.example:9001/mqtt\n  password: pw\n`)
+      .config!;
+    const r = redactedConfig(c) as typeof c;
+    expect(r.mqtt.password).toBe("(set)");
+    expect(r.mqtt.url).toBe("ws://u:(redacted)@h.example:9001/mqtt");
+    expect(JSON.stringify(r)).not.toMatch(/p%40ss|"pw"/);
+    expect({ ...r, mqtt: { ...r.mqtt, url: c.mqtt.url, password: "pw" } }).toEqual(c);
+    // Nested and listed secrets, and URLs only when they hold a password.
+    expect(
+      redactedConfig({
+        a: { secret: "x", token: "y", list: ["https://a:b@c/", "https://c/"] },
+      } as never),
+    ).toEqual({
+      a: { secret: "(set)", token: "(set)", list: ["https://a:(redacted)@c/", "https://c/"] },
+    });
+    expect(redactUrl("mqtt://user@host:1883")).toBe("mqtt://user@host:1883");
+    expect(redactUrl("mqtt://u:x@[bad")).toBe("mqtt://(redacted)@[bad");
+  });
+});
+
+describe("agent config: systemd credentials (mqtt.passwordCredential)", () => {
+  const text = `${MINIMAL}mqtt:\n  username: gw\n  passwordCredential: mqtt-password\n`;
+
+  it("reads $CREDENTIALS_DIRECTORY/NAME, as LoadCredential=NAME:FILE provides it", () => {
+    const d = deps(
+      { "/run/credentials/esp-ota-agent.service/mqtt-password": "s3cret\n" },
+      { env: { CREDENTIALS_DIRECTORY: "/run/credentials/esp-ota-agent.service" } },
+    );
+    const { config, problems } = parse(text, d);
+    expect(problems).toEqual([]);
+    expect(config!.mqtt.password).toBe("s3cret");
+  });
+
+  it("outside the service: an error for the agent, a warning for check-config; never with the value", () => {
+    const agent = errors(text);
+    expect(agent).toHaveLength(1);
+    expect(agent[0]!.path).toBe("mqtt.passwordCredential");
+    expect(agent[0]!.message).toContain("$CREDENTIALS_DIRECTORY is not set");
+    const check = parse(text, deps({}, { missingCredentials: "warn" }));
+    expect(check.problems.map((p) => [p.path, p.severity])).toEqual([
+      ["mqtt.passwordCredential", "warning"],
+    ]);
+    expect(check.config!.mqtt.password).toBeUndefined();
+    const missing = errors(text, deps({}, { env: { CREDENTIALS_DIRECTORY: "/run/creds" } }));
+    expect(missing[0]!.message).toBe("no such file: /run/creds/mqtt-password");
+    expect(errors(`${text}  passwordEnv: X\n`)[0]!.message).toContain("give only one of");
+    expect(errors(`${MINIMAL}mqtt:\n  passwordCredential: ../etc/shadow\n`)[0]!.message).toContain(
+      "expected a credential name",
+    );
   });
 });

@@ -275,6 +275,10 @@ describe.concurrent("agent end to end: downloads, notices and commands", () => {
         });
         expect(resets()).toBe(before + 1);
         expect(w.running(c5)).toBe("2.1.0");
+
+        // Nothing to act on is not "not attached" (issue 12 defect 16): E_AGENT_NO_JOB.
+        const idle = await w.command({ command: "cancel", deviceId: c5 });
+        expect(idle).toMatchObject({ ok: false, error: { code: "E_AGENT_NO_JOB" } });
       }, 120_000);
     });
   }

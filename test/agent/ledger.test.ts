@@ -8,14 +8,23 @@ import {
   type DeviceLedger,
   decideNotice,
   effectiveMark,
+  eraseBudgetLeft,
   MAX_SIGNER_SETS,
   minCounterFor,
   newLedger,
+  recordErase,
   recordMark,
+  recordRefusal,
+  refusalStatus,
   type StepName,
   statusMayFollow,
 } from "../../src/gateway/ledger.js";
-import type { DeviceStatus, UpdateNotice } from "../../src/mqtt/messages.js";
+import {
+  type DeviceStatus,
+  noticeDigest,
+  parseMessage,
+  type UpdateNotice,
+} from "../../src/mqtt/messages.js";
 
 const ID = "240ac4fe0001";
 const notice = (
@@ -51,11 +60,49 @@ describe("decideNotice", () => {
   }[] = [
     { name: "first notice starts", ledger: newLedger(ID), input: notice("r1", 1), expect: "start" },
     { name: "clear with nothing in flight", ledger: newLedger(ID), input: null, expect: "ignore" },
+    // Issue 12 defect 16: these two were ignored at debug level, with no status, and the
+    // rollout that published them waited for its wave timeout.
     {
-      name: "another device's notice",
+      name: "a notice naming another device than its topic: refused with a code",
       ledger: newLedger(ID),
       input: notice("r1", 1, { deviceId: "240ac4fe0002" }),
+      expect: "refuse",
+      code: "E_AGENT_NOTICE_INVALID",
+    },
+    {
+      name: "a notice naming another device, for the release in flight: ignored (no status for the job's release)",
+      ledger: withJob("r1", "download"),
+      input: notice("r1", 1, { deviceId: "240ac4fe0002" }),
       expect: "ignore",
+    },
+    {
+      name: "a refused notice seen again (a reconnect's retained copy): not answered twice",
+      ledger: {
+        ...newLedger(ID),
+        highWater: { counter: 7, releaseId: "r7" },
+        refused: {
+          releaseId: "r3",
+          issuedAt: "2026-11-23T10:00:00.000Z",
+          code: "E_MANIFEST_COUNTER",
+        },
+      },
+      input: notice("r3", 3),
+      expect: "ignore",
+    },
+    {
+      name: "the refused release issued again (another issuedAt): refused again",
+      ledger: {
+        ...newLedger(ID),
+        highWater: { counter: 7, releaseId: "r7" },
+        refused: {
+          releaseId: "r3",
+          issuedAt: "2026-11-23T10:00:00.000Z",
+          code: "E_MANIFEST_COUNTER",
+        },
+      },
+      input: notice("r3", 3, { issuedAt: "2026-11-23T11:00:00.000Z" }),
+      expect: "refuse",
+      code: "E_MANIFEST_COUNTER",
     },
     {
       name: "duplicate of the job in flight",
@@ -64,10 +111,11 @@ describe("decideNotice", () => {
       expect: "ignore",
     },
     {
-      name: "replay below the high-water mark",
+      name: "replay below the high-water mark: refused with a code",
       ledger: { ...newLedger(ID), highWater: { counter: 7, releaseId: "r7" } },
       input: notice("r3", 3),
-      expect: "ignore",
+      expect: "refuse",
+      code: "E_MANIFEST_COUNTER",
     },
     {
       name: "a release that succeeded is not run again",
@@ -130,7 +178,7 @@ describe("decideNotice", () => {
     it(r.name, () => {
       const d = decideNotice(r.ledger, r.input);
       expect(d.action).toBe(r.expect);
-      if (r.code) expect(d.action === "cancel" && d.code).toBe(r.code);
+      if (r.code) expect((d.action === "cancel" || d.action === "refuse") && d.code).toBe(r.code);
     });
 });
 
@@ -167,7 +215,7 @@ describe("counters and statuses", () => {
     expect(effectiveMark(l, policy(["c", "d"]))?.releaseId).toBe("r5");
     expect(minCounterFor(l, "r6", policy(["c", "d"]))).toBe(6);
     expect(decideNotice(l, notice("r6", 6), policy(["c", "d"])).action).toBe("start");
-    expect(decideNotice(l, notice("r6", 6), policy()).action).toBe("ignore");
+    expect(decideNotice(l, notice("r6", 6), policy()).action).toBe("refuse");
     // One of c and d revoked: one signer left, below the threshold of 2.
     expect(effectiveMark(l, policy(["d"]))?.releaseId).toBe("r5");
     // Every signer revoked: no mark in force.
@@ -232,4 +280,51 @@ describe("compareVersions", () => {
     ["main-abc", "1.0.0", undefined],
   ];
   for (const [a, b, r] of rows) it(`${a} vs ${b}`, () => expect(compareVersions(a, b)).toBe(r));
+});
+
+describe("refused notices (issue 12 defect 16)", () => {
+  it("get a final failed status naming the notice, with the code; the job in flight is untouched", () => {
+    const l = withJob("r9", "transfer", { seq: 41, highWater: { counter: 7, releaseId: "r7" } });
+    const n = notice("r3", 3, { rolloutId: "wave-a" });
+    const d = decideNotice(l, n);
+    if (d.action !== "refuse") throw new Error(`expected a refusal, got ${d.action}`);
+    const st = refusalStatus(l, d, "gw", new Date("2026-11-23T12:00:00.000Z"));
+    // A valid status message (what encodeMessage would publish), signed later by the agent.
+    expect(parseMessage("status", JSON.stringify(st)).ok).toBe(true);
+    expect(st).toMatchObject({
+      seq: 42,
+      state: "failed",
+      releaseId: "r3",
+      rolloutId: "wave-a",
+      noticeDigest: noticeDigest(n),
+      error: { code: "E_MANIFEST_COUNTER", step: "parseNotice" },
+    });
+    recordRefusal(l, d, st);
+    expect(l.seq).toBe(42);
+    expect(l.job?.notice.releaseId).toBe("r9");
+    expect(l.lastFinal).toBeUndefined();
+    expect(decideNotice(l, n).action).toBe("ignore");
+  });
+});
+
+describe("erase budget (issue 12 defect 6)", () => {
+  const b = { cycles: 3, windowMs: 60_000 };
+  const at = (s: number) => new Date(Date.UTC(2026, 10, 23, 10, 0, s));
+  it("allows `cycles` fresh transfers per window, then refuses until the oldest leaves it", () => {
+    const l = newLedger(ID);
+    for (const s of [0, 10, 20]) {
+      expect(eraseBudgetLeft(l, b, at(s)).ok).toBe(true);
+      recordErase(l, b, at(s));
+    }
+    expect(eraseBudgetLeft(l, b, at(30))).toEqual({ ok: false, until: at(60) });
+    expect(eraseBudgetLeft(l, b, at(60))).toEqual({ ok: true, left: 1 });
+    recordErase(l, b, at(61));
+    // Only what still counts is kept: the ledger stays bounded by `cycles`.
+    expect(l.erases).toHaveLength(3);
+  });
+  it("a clock set back does not reset the budget (erases ahead of the clock count too)", () => {
+    const l = newLedger(ID);
+    for (const s of [0, 1, 2]) recordErase(l, b, at(s));
+    expect(eraseBudgetLeft(l, b, at(-30)).ok).toBe(false);
+  });
 });

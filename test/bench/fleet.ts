@@ -11,13 +11,13 @@
  *     FLEET_HOSTS (default 4) child processes run with tsx; their state directories on tmpfs
  *     (see FleetRunOptions.stateRoot for why). Devices go to gateways round-robin. Each device is
  *     an in-memory link (src/sim/fleet-memory.ts, as `esp-ota demo` without socat): a
- *     VirtualLink pair on real timers, the SimEndpoint (the simulated chip with its UART receive
- *     path and flash timing) on the device end, DeviceLink.over on the host end, handed to the
- *     agent through AgentOptions.ports (agent/memory-ports.ts). The link is paced at 2,000,000
- *     baud (the highest rate the device side accepts; the agent negotiates it from the 115200
- *     console rate as on a real board), 1 ms of adapter latency each way and
- *     512-byte deliveries (one USB 2.0 bulk packet), so a device costs what it would on a real
- *     wire, only faster. The devices' boot (300 ms) and self-test (500 ms) run in real time too.
+ *     memoryPair cable behind a PacedLink (src/sim/paced-link.ts, as every real-time device),
+ *     a FirmwareEndpoint (the C firmware on the simulated chip, its UART receive path and flash timing) on the
+ *     device end, DeviceLink.over on the host end, handed to the agent through
+ *     AgentOptions.ports (agent/memory-ports.ts). The link is paced at 2,000,000 baud (the
+ *     highest rate the device side accepts; the agent negotiates it from the 115200 console rate
+ *     as on a real board), 1 ms of adapter latency each way and 1 ms slices, so a device costs
+ *     what it would on a real wire, only faster. The devices' boot (300 ms) and self-test (500 ms) run in real time too.
  *     The simulated chips live in the gateway processes, so "agents' CPU" includes them.
  *     Per gateway the config is the default one but for transferBaud and `log.level: warn`.
  *   - The rollout: runRollout (src/rollout/runner.ts) in this process, waves FLEET_WAVES
@@ -72,8 +72,8 @@ const ROOT = new URL("../..", import.meta.url).pathname;
 const TICK_HZ = 100; // Linux USER_HZ: /proc/<pid>/stat times are in these ticks.
 
 /**
- * 2 Mbaud: the highest rate the device side of the protocol accepts (SUPPORTED_BAUDS in
- * src/uart/device.ts; a CP2102N or FT232H carries it). The agent's config also accepts 2.5 and
+ * 2 Mbaud: the highest rate the device side of the protocol accepts (supported_baud in
+ * src/firmware/uota_core.c; a CP2102N or FT232H carries it). The agent's config also accepts 2.5 and
  * 3 Mbaud (termios names them), but the device refuses BAUD above 2 Mbaud and the session then
  * falls back to the 115200 console rate: a 16 KB transfer took 1.4 s instead of 0.1 s.
  */
@@ -133,7 +133,7 @@ log:
 `;
 }
 
-/** Starts one Agent per gateway, each device a SimEndpoint on a real-time VirtualLink. */
+/** Starts one Agent per gateway, each device a FirmwareEndpoint on a real-time in-memory link. */
 export async function startGatewayHost(spec: GatewayHostSpec): Promise<GatewayHost> {
   const fleet = loadFleet(spec.fleetDir);
   const byId = new Map(fleet.devices.map((d) => [d.deviceId, d]));

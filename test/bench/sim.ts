@@ -2,18 +2,31 @@
  * npm run bench:sim — memory of a simulated fleet: provision 1,000 ESP32s (4 MB flash, Secure
  * Boot V1, flash encryption with a key per device, a 64 KB app) and boot each one. Target: under
  * 1 GB RSS. Sparse flash is what makes this fit: an untouched sector costs nothing.
- * Last line: `sim-bench: devices = N, rss = N MB`.
+ *
+ * `npm run bench:sim -- 1000 uart` also puts the device side on each device's UART (a
+ * FirmwareEndpoint: the C firmware as one WebAssembly instance, with its receive ring) on an
+ * in-memory link, booted to its ANNOUNCE, and prints what it costs per device.
+ * Last line: `sim-bench: devices = N, rss = N MB` (with `, uart per device = N KB`).
  */
 import { generateFlashEncryptionKey } from "../../src/esp/flash-encryption.js";
 import { parseSigningKey } from "../../src/esp/keys.js";
 import { parsePartitionCsv } from "../../src/esp/partition-table.js";
 import { DEMO_PARTITIONS } from "../../src/sim/demo.js";
 import type { SimDevice } from "../../src/sim/device.js";
+import { FirmwareEndpoint } from "../../src/sim/firmware-device.js";
+import { memoryPair } from "../../src/sim/paced-link.js";
 import { provisionDevice } from "../../src/sim/provision.js";
+import { RX_CONFIGS } from "../../src/sim/rx-model.js";
 import { makeSyntheticApp } from "../../src/sim/synthetic-app.js";
+import { VirtualScheduler } from "../../src/uart/scheduler.js";
 import { fixture } from "../helpers/fixtures.js";
 
 const count = Number(process.argv[2] ?? 1000);
+const side = process.argv[3];
+if (side !== undefined && side !== "uart") {
+  console.error("usage: bench:sim [COUNT] [uart]");
+  process.exit(2);
+}
 const partitions = parsePartitionCsv(DEMO_PARTITIONS);
 const app = makeSyntheticApp({
   chip: "esp32",
@@ -52,5 +65,30 @@ console.log(
 console.log(
   `rss before: ${(rss0 / 2 ** 20).toFixed(0)} MB, after: ${(rss / 2 ** 20).toFixed(0)} MB`,
 );
+let sideFigure = "";
+if (side) {
+  // Each device side on the end of an in-memory link, in virtual time, run to its ANNOUNCE.
+  const t1 = performance.now();
+  const held: unknown[] = [];
+  let up = 0;
+  for (const d of devices) {
+    const sched = new VirtualScheduler();
+    const port = memoryPair(115200).device;
+    const ep = new FirmwareEndpoint(d, port, sched, { rx: RX_CONFIGS.iram });
+    sched.run();
+    if (ep.up) up++;
+    held.push(ep, sched);
+  }
+  const ms = performance.now() - t1;
+  global.gc?.();
+  const rss2 = process.memoryUsage().rss;
+  const perKb = (rss2 - rss) / count / 1024;
+  console.log(
+    `device side: ${up}/${count} up in ${(ms / 1000).toFixed(2)} s (${(ms / count).toFixed(2)} ms each), rss ${(rss2 / 2 ** 20).toFixed(0)} MB: ${perKb.toFixed(0)} KB per device`,
+  );
+  sideFigure = `, uart per device = ${Math.round(perKb)} KB`;
+  // Held until the reading above; released now.
+  held.length = 0;
+}
 console.log(`target rss < 1024 MB: ${rss < 2 ** 30 ? "PASS" : "FAIL"}`);
-console.log(`sim-bench: devices = ${booted}, rss = ${Math.round(rss / 2 ** 20)} MB`);
+console.log(`sim-bench: devices = ${booted}, rss = ${Math.round(rss / 2 ** 20)} MB${sideFigure}`);

@@ -1,4 +1,4 @@
-/** The users file and its scrypt hashes (broker/auth.ts, docs/broker.md). */
+/** The users file and its scrypt hashes (src/auth/users-file.ts, docs/broker.md). */
 import { scryptSync } from "node:crypto";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
@@ -11,7 +11,7 @@ import {
   setUser,
   USERS_FILE_HEADER,
   verifyPassword,
-} from "../../broker/auth.js";
+} from "../../src/auth/users-file.js";
 
 const FAST = { N: 1024, r: 8, p: 1 };
 const enc = (s: string) => new TextEncoder().encode(s);
@@ -71,7 +71,7 @@ describe("users file", () => {
   it("names the line of a malformed entry", () => {
     expect(parseUsersFile(`# x\ngateway:${HASH}\noperator\n`)).toEqual({
       ok: false,
-      reason: "line 3: expected username:scrypt$N$r$p$salt$key",
+      reason: "line 3: expected username:scrypt$N$r$p$salt$key[:client-ids]",
     });
     const bad = parseUsersFile(`gateway:scrypt$3$8$1$AA$AA\n`);
     expect(bad.ok === false && bad.reason).toMatch(/^line 1 \(user gateway\): N must/);

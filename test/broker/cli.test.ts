@@ -9,7 +9,7 @@ import { pathToFileURL } from "node:url";
 import mqtt from "mqtt";
 import { describe, expect, it } from "vitest";
 import { ESP_OTA_PLUGINS } from "../../agent/plugins.js";
-import { parseUsersFile } from "../../broker/auth.js";
+import { parseUsersFile } from "../../src/auth/users-file.js";
 import { runCli } from "../../src/cli/program.js";
 import { selfSignedCert } from "../helpers/brokers.js";
 import { runCapture } from "../helpers/cli.js";
@@ -48,7 +48,7 @@ async function startCli(argv: string[], cwd: string) {
 
 describe("esp-ota broker", () => {
   it("prints its URL and stops after --duration", async () => {
-    const r = await runCapture(["broker", "--port", "0", "--duration", "300"]);
+    const r = await runCapture(["broker", "--port", "0", "--duration", "300ms"]);
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/^mqtt:\/\/127\.0\.0\.1:\d+\n$/);
     expect(r.stderr).toContain("(in memory), no authentication");
@@ -72,7 +72,7 @@ describe("esp-ota broker", () => {
     await new Promise<void>((r) => blocker.listen(0, "127.0.0.1", () => r()));
     const port = (blocker.address() as net.AddressInfo).port;
     try {
-      const r = await runCapture(["broker", "--port", String(port), "--duration", "100"]);
+      const r = await runCapture(["broker", "--port", String(port), "--duration", "100ms"]);
       expect(r.code).toBe(1);
       expect(r.stderr).toContain(`error E_BROKER_LISTEN: cannot listen on 127.0.0.1:${port}`);
     } finally {
@@ -89,6 +89,11 @@ describe("esp-ota broker", () => {
     );
     expect(r.code).toBe(1);
     expect(r.stderr).toContain("error E_BROKER_TLS: --tls-cert missing.pem");
+  });
+
+  it("--max-packet-bytes below 64 is a usage error (exit 2)", async () => {
+    const r = await runCapture(["broker", "--port", "0", "--max-packet-bytes", "10"], tmp());
+    expect([r.code, r.stderr]).toEqual([2, expect.stringContaining("--max-packet-bytes")]);
   });
 
   it.skipIf(!cert)("serves mqtts with --tls-cert and --tls-key", async () => {
@@ -147,7 +152,12 @@ describe("esp-ota broker passwd", () => {
 
     const cli = await startCli(["broker", "--port", "0", "--users", "users"], dir);
     try {
-      const opts = { protocolVersion: 4, reconnectPeriod: 0, username: "gateway" } as const;
+      const opts = {
+        protocolVersion: 4,
+        reconnectPeriod: 0,
+        username: "gateway",
+        clientId: "gateway-1",
+      } as const;
       const ok = await mqtt.connectAsync(cli.url, { ...opts, password: "second-secret" });
       await ok.endAsync();
       await expect(

@@ -6,8 +6,8 @@ import { join } from "node:path";
 import { ClassicLevel } from "classic-level";
 import mqtt, { type IClientOptions } from "mqtt";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
-import { hashPassword } from "../../broker/auth.js";
 import { type RunningBroker, startBroker } from "../../broker/broker.js";
+import { hashPassword } from "../../src/auth/users-file.js";
 import { selfSignedCert } from "../helpers/brokers.js";
 
 const BASE: IClientOptions = { protocolVersion: 4, reconnectPeriod: 0, connectTimeout: 5000 };
@@ -50,8 +50,10 @@ describe("users", () => {
   afterAll(() => broker.close());
 
   it("admits a user with the right password", async () => {
-    expect(await connackCode(broker.url, { username: "gateway", password: "gw-secret" })).toBe(0);
-    expect(await connackCode(broker.url, { username: "operator", password: "op-secret" })).toBe(0);
+    // A user's client ids are bound to it: its name, `<name>-...` (docs/broker.md).
+    const as = (username: string, password: string) => ({ username, password, clientId: username });
+    expect(await connackCode(broker.url, as("gateway", "gw-secret"))).toBe(0);
+    expect(await connackCode(broker.url, as("operator", "op-secret"))).toBe(0);
     // aedes reports a client ready just after writing its CONNACK.
     await vi.waitFor(() =>
       expect(log.some((l) => /connected from 127\.0\.0\.1:\d+ as gateway$/.test(l))).toBe(true),

@@ -219,7 +219,7 @@ describe("esp-ota chaos", () => {
           "--api",
           ":0",
           "--duration",
-          "1000",
+          "1s",
         ],
         {
           write: (s: string) => {

@@ -8,7 +8,7 @@ import {
   type SlowCloseToxic,
   type Toxic,
 } from "../../src/chaos/toxics.js";
-import { prng } from "../../src/uart/virtual-link.js";
+import { prng } from "../../src/sim/virtual-link.js";
 
 function toxic(spec: string): Toxic {
   const r = parseToxicSpec(spec);

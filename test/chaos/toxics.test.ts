@@ -19,7 +19,7 @@ import {
   toxicFromJson,
   updateToxicFields,
 } from "../../src/chaos/toxics.js";
-import { prng } from "../../src/uart/virtual-link.js";
+import { prng } from "../../src/sim/virtual-link.js";
 
 function toxic(spec: string): Toxic {
   const r = parseToxicSpec(spec);

@@ -6,10 +6,11 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { toHex } from "../../src/bytes.js";
 import { RealClock } from "../../src/sim/clock.js";
 import type { SimDevice } from "../../src/sim/device.js";
-import { PacedPort } from "../../src/uart/paced-port.js";
+import { FirmwareEndpoint } from "../../src/sim/firmware-device.js";
+import { PacedLink } from "../../src/sim/paced-link.js";
+import { RX_CONFIGS } from "../../src/sim/rx-model.js";
 import { realTimers } from "../../src/uart/scheduler.js";
 import { SerialBytePort } from "../../src/uart/serial-port.js";
-import { RX_CONFIGS, SimEndpoint } from "../../src/uart/sim-endpoint.js";
 import { openPtyPair, type PtyPair, socatAvailable } from "../../src/uart/socat.js";
 import { runCapture } from "../helpers/cli.js";
 import { app, makeDevice, otaImage, security } from "../helpers/sim.js";
@@ -30,7 +31,7 @@ describe.runIf(haveSocat)("esp-ota device", () => {
     pair = await openPtyPair();
     dev = makeDevice("esp32", sec, { clock: new RealClock(), behaviours: { "3.0.0": "refuses" } });
     devPort = await SerialBytePort.open(pair.device, 115200);
-    const ep = new SimEndpoint(dev, new PacedPort(devPort, realTimers), realTimers, {
+    const ep = new FirmwareEndpoint(dev, new PacedLink(devPort, realTimers), realTimers, {
       rx: RX_CONFIGS.iram,
     });
     ep.powerOn();
@@ -119,5 +120,21 @@ describe.runIf(haveSocat)("esp-ota device", () => {
     ).toContain("E_UART_ROLLED_BACK");
     expect(r.code).toBe(1);
     expect(r.stderr).toContain("rolled back: the device runs 0x160000 again");
+  }, 30_000);
+
+  it("flash --json: the outcome as one JSON object, also for a rollback", async () => {
+    const img = otaImage("esp32", sec, app("esp32", "3.0.0", 0x8000), 0x10000);
+    writeFileSync(join(dir, "v3.bin"), img);
+    const r = await runCapture(
+      ["device", "flash", "--port", pair.host, "--offset", "0x10000", "--json", "v3.bin"],
+      dir,
+    );
+    expect(r.code).toBe(1);
+    expect(JSON.parse(r.stdout)).toMatchObject({
+      outcome: "rolled-back",
+      image: { path: "v3.bin", size: img.length, sha256: toHex(sha256(img)) },
+      runningOffset: 0x160000,
+      device: { chip: "esp32", running: { offset: 0x160000 } },
+    });
   }, 30_000);
 });

@@ -110,6 +110,19 @@ describe("esp-ota release build", () => {
     const again = await run(...args);
     expect(again.stdout).toContain("0 device(s) built, 2 already done");
     expect(again.stderr).toMatch(/\[[12]\/2\] 240ac4000002 already done/);
+
+    // --json: the summary as one object on stdout, progress still on stderr (issue 13 item 8).
+    const json = await run(...args, "--json");
+    expect(json.code, json.stderr).toBe(0);
+    expect(JSON.parse(json.stdout)).toEqual({
+      releaseId: expect.stringMatching(/^blink-2\.0\.0-[0-9a-f]{12}$/),
+      built: [],
+      skipped: ["240ac4000001", "240ac4000002"],
+      excluded: [],
+      bytesWritten: 0,
+      index: "out/index.json",
+      manifests: 2,
+    });
   });
 
   it("reports bad options with their codes", async () => {
@@ -130,6 +143,12 @@ describe("esp-ota release build", () => {
     const expires = await run(...base, "--version", "2.0.0", "--expires", "soon");
     expect(expires.code).toBe(1);
     expect(expires.stderr).toContain("error E_RELEASE_EXPIRES");
+    // The shared duration parser: a bare number is refused, asking for a unit.
+    const bare = await run(...base, "--version", "2.0.0", "--expires", "3600");
+    expect([bare.code, bare.stderr]).toEqual([
+      1,
+      expect.stringContaining('E_RELEASE_EXPIRES: --expires "3600" has no unit'),
+    ]);
     const version = await run(...base, "--version", "3.0.0");
     expect(version.stderr).toContain("error E_RELEASE_VERSION_MISMATCH");
     const unknown = await run(...base, "--version", "2.0.0", "--devices", "240ac4000099");

@@ -24,9 +24,9 @@ describe("esp-ota sim fleet", () => {
         "--count",
         "3",
         "--behaviour",
-        "1=2.0.0:refuses",
+        "1:2.0.0=refuses",
         "--behaviour",
-        "24:0a:c4:fe:00:02=2.1.0:crash-loop",
+        "24:0a:c4:fe:00:02:2.1.0=crash-loop",
       ],
       root,
     );
@@ -68,7 +68,7 @@ describe("esp-ota sim fleet", () => {
         "--count",
         "2",
         "--behaviour",
-        "5=2.0.0:hang",
+        "5:2.0.0=hang",
       ],
       root,
     );
@@ -102,7 +102,7 @@ describe("esp-ota sim fleet", () => {
       let out = "";
       let err = "";
       const serving = runCli(
-        ["sim", "fleet", "serve", "--dir", dir, "--links", links, "--duration", "1500"],
+        ["sim", "fleet", "serve", "--dir", dir, "--links", links, "--duration", "1500ms"],
         { write: (s: string) => (out += s) },
         { write: (s: string) => (err += s) },
         root,

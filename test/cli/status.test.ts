@@ -170,7 +170,7 @@ describe("esp-ota status", () => {
   it("usage errors exit 2; an unreachable broker is E_MQTT_CONNECT", async () => {
     expect((await runCapture(["status", "--prefix", "a/#"])).code).toBe(2);
     expect((await runCapture(["status", "--device", "a/b"])).code).toBe(2);
-    expect((await runCapture(["status", "--duration", "5"])).code).toBe(2);
+    expect((await runCapture(["status", "--duration", "5ms"])).code).toBe(2);
     const bad = await runCapture(["status", "--broker", "http://127.0.0.1:1"]);
     expect(bad.code).toBe(1);
     expect(bad.stderr).toContain("E_MQTT_CONNECT");
@@ -205,7 +205,14 @@ describe("esp-ota status", () => {
 
   it("--watch prints one line per change until --duration ends", async () => {
     const subscribed = watchSubscribed();
-    const watching = runCapture(["status", "--broker", broker.url, "--watch", "--duration", "600"]);
+    const watching = runCapture([
+      "status",
+      "--broker",
+      broker.url,
+      "--watch",
+      "--duration",
+      "600ms",
+    ]);
     await subscribed;
     await retain(
       t.status("d1"),
@@ -245,7 +252,7 @@ describe("esp-ota status", () => {
       "--watch",
       "--json",
       "--duration",
-      "600",
+      "600ms",
     ]);
     await subscribed;
     await retain(t.status("d2"), "status", status("d2", 8, { state: "queued", releaseId: "r3" }));
@@ -264,7 +271,7 @@ describe("esp-ota status", () => {
     let out = "";
     const subscribed = watchSubscribed();
     const watching = runCli(
-      ["status", "--broker", broker.url, "--watch", "--duration", "400"],
+      ["status", "--broker", broker.url, "--watch", "--duration", "400ms"],
       { write: (s: string) => (out += s), isTTY: true },
       { write: () => true },
       process.cwd(),

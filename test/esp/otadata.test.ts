@@ -1338,7 +1338,10 @@ describe("properties", () => {
       fc.constant(null as Spec),
       fc
         .record({
-          seq: fc.integer({ min: 0, max: 0xffffffef }),
+          // From 1: an active entry with seq 0 is the ESP-IDF quirk tested below ("an active seq
+          // of 0 is kept as ESP-IDF keeps it"), where the slot asked for is not the one booted.
+          // With 0 allowed this property failed about one run in 300 (both copies seq 0).
+          seq: fc.integer({ min: 1, max: 0xffffffef }),
           state: arbState,
           bad: fc.boolean(),
         })

@@ -29,7 +29,7 @@ import { createStaticServer } from "../../src/release/serve.js";
 import type { AppBehaviour } from "../../src/sim/device.js";
 import { createFleet, type Fleet } from "../../src/sim/fleet.js";
 import { type FaultOptions, type FleetServer, serveFleet } from "../../src/sim/fleet-serve.js";
-import { prng } from "../../src/uart/virtual-link.js";
+import { prng } from "../../src/sim/virtual-link.js";
 import type { BrokerKind, TestBroker } from "./brokers.js";
 import { buildFleetRelease } from "./fleet.js";
 

@@ -5,6 +5,8 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EspOtaError } from "../../src/errors.js";
 import {
+  type CommandRefusal,
+  commandResponder,
   connectMqtt,
   type MqttClient,
   readRetained,
@@ -258,6 +260,82 @@ describe("requestCommand / serveCommands over MQTT 3.1.1 (payload replyTo + corr
     await stop();
   });
 
+  it("defect 12: a reply address outside the prefix's reply space is refused and reported (bounded)", async () => {
+    const gw = await client(aedes.url, 4);
+    const spy = await client(aedes.url, 4);
+    const refused: CommandRefusal[] = [];
+    const stop = serveCommands(
+      gw,
+      t.commands("gw-r"),
+      async (req) => ({ format: 1, gatewayId: "gw-r", command: req.command, ok: true }),
+      { onRefused: (r) => refused.push(r) },
+    );
+    const got: string[] = [];
+    spy.on("message", (topic) => got.push(topic));
+    await spy.subscribeAsync(["elsewhere/#", t.replies("spy-r")], { qos: 1 });
+    const long = `elsewhere/${"x".repeat(900)}`;
+    for (const replyTo of ["elsewhere/inbox", long, t.inventory("gw-r")])
+      await spy.publishAsync(
+        t.commands("gw-r"),
+        Buffer.from(encodeMessage("command", { format: 1, command: "info", replyTo })),
+        { qos: 1 },
+      );
+    // A good request after them: when it is answered, the three before were handled.
+    const good = await requestCommand(spy, t.commands("gw-r"), t.replies("spy-r"), {
+      format: 1,
+      command: "info",
+    });
+    expect(good.ok).toBe(true);
+    expect(got).toEqual([t.replies("spy-r")]);
+    expect(refused.map((r) => r.code)).toEqual([
+      "E_MQTT_REPLY_REFUSED",
+      "E_MQTT_REPLY_REFUSED",
+      "E_MQTT_REPLY_REFUSED",
+    ]);
+    expect(Math.max(...refused.map((r) => r.replyTo!.length))).toBeLessThanOrEqual(201);
+    await stop();
+  });
+
+  it("defect 16: keepSubscription leaves the session subscribed, so QoS 1 commands queue", async () => {
+    const id = `gw-keep-${process.pid}`;
+    const gw = await connectMqtt({
+      url: aedes.url,
+      protocolVersion: 4,
+      clientId: id,
+      clean: false,
+    });
+    const handler = async (req: CommandRequest): Promise<CommandResponse> => ({
+      format: 1,
+      gatewayId: "gw-k",
+      command: req.command,
+      ok: true,
+    });
+    const stop = serveCommands(gw, t.commands("gw-k"), handler, { keepSubscription: true });
+    await requestCommand(await client(aedes.url, 4), t.commands("gw-k"), t.replies("k0"), {
+      format: 1,
+      command: "info",
+    });
+    await stop();
+    await gw.endAsync();
+    const tool = await client(aedes.url, 4);
+    const answer = requestCommand(tool, t.commands("gw-k"), t.replies("k1"), {
+      format: 1,
+      command: "info",
+    });
+    await new Promise((r) => setTimeout(r, 50));
+    // Back, with the responder installed before the CONNACK (connectMqtt onMessage).
+    const respond = commandResponder(t.commands("gw-k"), handler);
+    const back = await connectMqtt({
+      url: aedes.url,
+      protocolVersion: 4,
+      clientId: id,
+      clean: false,
+      onMessage: respond,
+    });
+    clients.push(back);
+    expect((await answer).ok).toBe(true);
+  });
+
   it("E_MQTT_TIMEOUT when no gateway answers", async () => {
     const tool = await client(aedes.url, 4);
     const e = await rejection(
@@ -392,6 +470,43 @@ describe("last will", () => {
     const p = parseMessage("presence", got.get(t.presence("gw-will"))!);
     expect(p.ok && p.value.state).toBe("offline");
     gw.end(true);
+  });
+});
+
+describe("last will made per CONNECT", () => {
+  it("a will payload function is called again for the reconnect's CONNECT", async () => {
+    let n = 0;
+    const gw = await connectMqtt({
+      url: aedes.url,
+      protocolVersion: 4,
+      reconnectPeriodMs: 50,
+      will: {
+        topic: t.presence("gw-will2"),
+        payload: () => new TextEncoder().encode(`will-${++n}`),
+        retain: false,
+        qos: 1,
+      },
+    });
+    clients.push(gw);
+    const watcher = await client(aedes.url, 4);
+    await watcher.subscribeAsync(t.presence("gw-will2"), { qos: 1 });
+    const wills: string[] = [];
+    watcher.on("message", (_t, p) => wills.push(p.toString()));
+    const poll = async (f: () => boolean, what: string) => {
+      const end = Date.now() + 5000;
+      while (!f()) {
+        if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    };
+    const first = gw.stream;
+    first.destroy();
+    await poll(() => wills.length >= 1, "the first will");
+    // Reconnected (a new stream): its CONNECT carried the second will.
+    await poll(() => gw.connected && gw.stream !== first, "the reconnect");
+    gw.stream.destroy();
+    await poll(() => wills.length >= 2, "the second will");
+    expect(wills).toEqual(["will-1", "will-2"]);
   });
 });
 

@@ -279,6 +279,44 @@ describe("fleet view", () => {
     ]);
   });
 
+  it("escape sequences in retained statuses and presence are printed escaped, never raw (issue 12, defect 8)", () => {
+    // A device's own app descriptor carries the version; a publisher writes the presence.
+    const clear = "\x1b[2J\x1b]0;owned\x07";
+    const s = world();
+    put(s, t.presence("gw1"), "presence", {
+      format: 1,
+      gatewayId: "gw1",
+      state: "online",
+      version: `0.1${clear}`,
+      at: iso(1),
+    });
+    put(
+      s,
+      t.status("d1"),
+      "status",
+      status("d1", 7, {
+        state: "failed",
+        releaseId: "r2",
+        targetVersion: `2.0${clear}`,
+        running: { ...running, version: "1.0\r\nd9 succeeded\u202e" },
+      }),
+    );
+    const v = fleetView(s, T0);
+    const printed = [
+      ...renderTable(v),
+      ...diffViews(fleetView(world(), T0), v).map(changeLine),
+    ].join("\n");
+    const raw = [...printed].filter((c) => {
+      const n = c.codePointAt(0)!;
+      return (n < 0x20 && n !== 0x0a) || (n >= 0x7f && n <= 0x9f) || n === 0x202e;
+    });
+    expect(raw).toEqual([]);
+    // One printed line per row: a CR LF in a version does not forge a row.
+    expect(printed.split("\n").some((l) => l.startsWith("d9 "))).toBe(false);
+    expect(printed).toContain("2.0\\x1b[2J\\x1b]0;owned\\x07");
+    expect(printed).toContain("agent 0.1\\x1b[2J");
+  });
+
   it("formats ages", () => {
     expect([undefined, 0, 59_999, 60_000, 3_600_000, 86_400_000 * 3].map(formatAge)).toEqual([
       "-",

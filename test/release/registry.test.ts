@@ -1,5 +1,13 @@
 /** The device registry: records (pure) and the owner-only directory adapter. */
-import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import fc from "fast-check";
@@ -168,5 +176,59 @@ describe("registry directory", () => {
     expect(code(() => reg.get("240ac4123456"))).toBe("E_REGISTRY_CORRUPT");
     writeFileSync(path, "{");
     expect(code(() => reg.list())).toBe("E_REGISTRY_CORRUPT");
+  });
+
+  it("refuses a record or a devices/ directory other users can read, as the keyring does", () => {
+    const dir = join(root, "reg3");
+    const reg = openRegistry(dir, { create: true });
+    reg.add(makeDeviceRecord(base));
+    const path = join(dir, "devices", "240ac4123456.json");
+    for (const mode of [0o644, 0o640, 0o604]) {
+      chmodSync(path, mode);
+      let err: unknown;
+      try {
+        reg.get("240ac4123456");
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toMatchObject({ code: "E_REGISTRY_PERMISSIONS" });
+      expect((err as Error).message).toContain(`chmod 600 ${path}`);
+      expect(code(() => reg.list())).toBe("E_REGISTRY_PERMISSIONS");
+    }
+    chmodSync(path, 0o600);
+    expect(reg.get("240ac4123456").deviceId).toBe("240ac4123456");
+    chmodSync(join(dir, "devices"), 0o755);
+    expect(code(() => openRegistry(dir))).toBe("E_REGISTRY_PERMISSIONS");
+    chmodSync(join(dir, "devices"), 0o700);
+    expect(code(() => openRegistry(dir))).toBe("none");
+  });
+
+  it("writes records durably, at 0600 whatever the umask, leaving no temporary file", () => {
+    const old = process.umask(0);
+    try {
+      const dir = join(root, "reg4");
+      const reg = openRegistry(dir, { create: true });
+      reg.add(makeDeviceRecord(base));
+      reg.update({ ...reg.get("240ac4123456"), releaseCounter: 9 });
+      expect(statSync(join(dir, "devices", "240ac4123456.json")).mode & 0o777).toBe(0o600);
+      expect(readdirSync(join(dir, "devices"))).toEqual(["240ac4123456.json"]);
+      const other = makeDeviceRecord({ ...base, mac: "24:0A:C4:00:00:01" });
+      reg.add(other);
+      reg.updateMany([
+        { ...reg.get("240ac4123456"), releaseCounter: 10 },
+        { ...other, releaseCounter: 3 },
+      ]);
+      expect(reg.list().map((d) => d.releaseCounter)).toEqual([3, 10]);
+      expect(readdirSync(join(dir, "devices")).sort()).toEqual([
+        "240ac4000001.json",
+        "240ac4123456.json",
+      ]);
+      // Only records that exist: a typo must not register a device without its key.
+      expect(code(() => reg.updateMany([{ ...other, deviceId: "240ac4999999" }]))).toBe(
+        "E_DEVICE_UNKNOWN",
+      );
+    } finally {
+      process.umask(old);
+    }
   });
 });

@@ -3,15 +3,17 @@
  * (harness.ts), and a hand-written release directory (index.json and manifests: no images are
  * needed, the agents never fetch them).
  */
+import { spawnSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import mqtt from "mqtt";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { ESP_OTA_PLUGINS } from "../../agent/plugins.js";
 import { runCli } from "../../src/cli/program.js";
 import { topics as makeTopics } from "../../src/mqtt/topics.js";
-import { createRollout } from "../../src/rollout/machine.js";
+import { createRollout, transition } from "../../src/rollout/machine.js";
+import { encodeRolloutState, type RolloutState } from "../../src/rollout/messages.js";
 import { runRollout } from "../../src/rollout/runner.js";
 import { runCapture } from "../helpers/cli.js";
 import { FakeAgent, type Script, startTestAedes, until } from "./harness.js";
@@ -181,11 +183,19 @@ describe("esp-ota rollout", () => {
 
     const status = await runCapture(["rollout", "status", "r-nw", "--json", ...args]);
     expect(status.code).toBe(0);
+    // Wave numbers are 1-based in JSON as in text: wave 1 of 2 is running.
     expect(JSON.parse(status.stdout)).toMatchObject({
       state: "running",
-      currentWave: 0,
+      currentWave: 1,
+      waves: [
+        { wave: 1, percent: 25 },
+        { wave: 2, percent: 100 },
+      ],
+      devices: expect.arrayContaining([expect.objectContaining({ deviceId: "esp0", wave: 1 })]),
       counts: { pending: 3 },
     });
+    const text = await runCapture(["rollout", "status", "r-nw", ...args]);
+    expect(text.stdout).toContain("running, wave 1/2");
     const list = await runCapture(["rollout", "list", "--json", ...args]);
     expect(JSON.parse(list.stdout)).toEqual([
       expect.objectContaining({
@@ -257,6 +267,201 @@ describe("esp-ota rollout", () => {
     expect(r.stdout).toContain("r-live: aborted (operator-abort: bad build)");
     expect((await runner.done).state).toBe("aborted");
     await until(() => fake.clears.get("esp0") === 1 && fake.clears.get("esp1") === 1, "withdrawn");
+  });
+
+  /** A rollout's retained state as a process that ran it left it (wave 1 of 2 notified). */
+  async function retain(prefix: string, id: string, owner?: RolloutState["owner"]) {
+    const ids = devs(2);
+    let state = createRollout(
+      {
+        rolloutId: id,
+        releaseId: REL,
+        version: "3.1.0",
+        manifestBaseUrl: "http://127.0.0.1:9/rel/42",
+        devices: ids.map((deviceId) => ({ deviceId, counter: 1 })),
+        waves: [50, 100],
+        maxFailureRate: 5,
+        minSample: 1,
+        waveTimeoutMs: 60_000,
+      },
+      Date.now(),
+    );
+    state = transition(state, { type: "start", now: Date.now() }).state;
+    const client = await mqtt.connectAsync(broker.url, { protocolVersion: 4, reconnectPeriod: 0 });
+    await client.publishAsync(
+      makeTopics(prefix).rolloutState(id),
+      Buffer.from(encodeRolloutState(owner ? { ...state, owner } : state)),
+      { qos: 1, retain: true },
+    );
+    await client.endAsync();
+    return ids;
+  }
+
+  it("resume takes over at once from an owner whose pid on this host is dead, and says so (issue 13 item 11)", async () => {
+    const prefix = `c${++prefixN}/esp-ota`;
+    const dead = spawnSync(process.execPath, ["-e", "0"]).pid!;
+    // A heartbeat of a second ago: judged by it alone, the owner is live for 30 s more.
+    await retain(prefix, "r-dead", {
+      host: hostname(),
+      pid: dead,
+      heartbeatAt: new Date(Date.now() - 1000).toISOString(),
+      heartbeatMs: 10_000,
+    });
+    const list = await runCapture(["rollout", "list", "--json", ...brokerArgs(prefix)]);
+    expect(JSON.parse(list.stdout)).toEqual([
+      expect.objectContaining({ rolloutId: "r-dead", ownerLive: false }),
+    ]);
+    const r = await runCapture(["rollout", "resume", "r-dead", "--no-wait", ...brokerArgs(prefix)]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).not.toContain("is running (owned by");
+    expect(r.stderr).toContain(
+      `rollout r-dead: taking it over (${hostname()}:${dead} is not running (pid ${dead} on this host))`,
+    );
+    expect(r.stderr).not.toContain("ignored");
+  });
+
+  it("resume of a running rollout whose owner went stale takes it over without saying the resume was ignored", async () => {
+    const prefix = `c${++prefixN}/esp-ota`;
+    await retain(prefix, "r-stale", {
+      host: "another-host.example",
+      pid: 4242,
+      heartbeatAt: new Date(Date.now() - 60_000).toISOString(),
+      heartbeatMs: 10_000,
+    });
+    const r = await runCapture([
+      "rollout",
+      "resume",
+      "r-stale",
+      "--no-wait",
+      ...brokerArgs(prefix),
+    ]);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toContain(
+      "rollout r-stale: taking it over (another-host.example:4242 missed 3 heartbeats",
+    );
+    expect(r.stderr).not.toContain("resume ignored");
+    // A live owner elsewhere is still left alone.
+    const live = await retain(prefix, "r-live2", {
+      host: "another-host.example",
+      pid: 4242,
+      heartbeatAt: new Date().toISOString(),
+      heartbeatMs: 10_000,
+    });
+    expect(live).toHaveLength(2);
+    const busy = await runCapture([
+      "rollout",
+      "resume",
+      "r-live2",
+      "--no-wait",
+      ...brokerArgs(prefix),
+    ]);
+    expect(busy.code).toBe(0);
+    expect(busy.stdout).toContain(
+      "rollout r-live2 is running (owned by another-host.example:4242)",
+    );
+  });
+
+  it("status --watch on a pipe prints a line only when what it says changed (issue 13 item 11)", async () => {
+    const prefix = `c${++prefixN}/esp-ota`;
+    const client = await mqtt.connectAsync(broker.url, { protocolVersion: 4, reconnectPeriod: 0 });
+    open.push({ close: () => client.endAsync() });
+    const t0 = Date.now();
+    let seq = 0;
+    let state = transition(
+      createRollout(
+        {
+          rolloutId: "r-w",
+          releaseId: REL,
+          version: "3.1.0",
+          manifestBaseUrl: "http://127.0.0.1:9/rel/42",
+          devices: ["esp0", "esp1"].map((deviceId) => ({ deviceId, counter: 1 })),
+          waves: [50, 100],
+          maxFailureRate: 5,
+          minSample: 1,
+          waveTimeoutMs: 60_000,
+        },
+        t0,
+      ),
+      { type: "start", now: t0 },
+    ).state;
+    const retainState = () =>
+      client.publishAsync(
+        makeTopics(prefix).rolloutState("r-w"),
+        Buffer.from(encodeRolloutState(state)),
+        {
+          qos: 1,
+          retain: true,
+        },
+      );
+    const report = async (deviceId: string, st: "downloading" | "transferring" | "succeeded") => {
+      const now = t0 + ++seq * 1000;
+      state = transition(state, {
+        type: "status",
+        status: {
+          format: 1,
+          deviceId,
+          gatewayId: "gw",
+          seq,
+          state: st,
+          releaseId: REL,
+          rolloutId: "r-w",
+          updatedAt: new Date(now).toISOString(),
+        },
+        now,
+      }).state;
+      await retainState();
+    };
+    await retainState();
+    let out = "";
+    const watching = runCli(
+      ["rollout", "status", "r-w", "--watch", ...brokerArgs(prefix)],
+      { write: (x: string) => (out += x), isTTY: false },
+      { write: () => {} },
+      process.cwd(),
+      ESP_OTA_PLUGINS,
+    );
+    const lines = () => out.split("\n").filter((l) => /^\d{4}-\S+Z /.test(l));
+    await until(() => lines().length === 1, "the first line (the state as loaded)");
+    await report("esp0", "downloading");
+    // Printed (live, or as the retained state on subscribing): the watch is subscribed now.
+    await until(() => lines().length === 2, "the downloading line");
+    await report("esp0", "transferring"); // a change of state, not of the line
+    await report("esp0", "succeeded");
+    await report("esp1", "succeeded");
+    expect(await watching).toBe(0);
+    expect(lines().map((l) => l.replace(/^\S+ /, ""))).toEqual([
+      "running wave 1/2: pending 1, notified 1",
+      "running wave 1/2: pending 1, updating 1",
+      "running wave 2/2: notified 1, succeeded 1",
+      "completed wave 2/2: succeeded 2",
+    ]);
+  });
+
+  it("pause and abort take --json: the summary after the change", async () => {
+    const prefix = `c${++prefixN}/esp-ota`;
+    await retain(prefix, "r-js");
+    const args = brokerArgs(prefix);
+    const paused = await runCapture(["rollout", "pause", "r-js", "--json", ...args]);
+    expect(paused.code).toBe(0);
+    expect(JSON.parse(paused.stdout)).toMatchObject({
+      rolloutId: "r-js",
+      state: "paused",
+      currentWave: 1,
+      reason: { kind: "operator-pause" },
+    });
+    const again = await runCapture(["rollout", "pause", "r-js", "--json", ...args]);
+    expect(JSON.parse(again.stdout)).toMatchObject({ state: "paused" });
+    const aborted = await runCapture(["rollout", "abort", "r-js", "--json", ...args]);
+    expect(aborted.code).toBe(0);
+    expect(JSON.parse(aborted.stdout)).toMatchObject({
+      state: "aborted",
+      counts: { withdrawn: 1, pending: 1 },
+    });
+  });
+
+  it("help shows the failure-rate default as a percentage", async () => {
+    const r = await runCapture(["rollout", "start", "--help"]);
+    expect(r.stdout).toMatch(/--max-failure-rate <pct>[\s\S]*\(default: 5%\)/);
   });
 
   it("on a terminal the live view is a block redrawn in place", async () => {

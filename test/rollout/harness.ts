@@ -1,7 +1,8 @@
 /**
  * The rollout tests' harness: an in-process aedes broker, and a fake gateway agent: subscribes to its devices' desired topics and
  * answers each notice with a scripted DeviceStatus sequence (queued, downloading, then a final
- * state), retained, with a per-device seq, as docs/mqtt-api.md says a gateway does. It speaks to
+ * state), retained, with a per-device seq and naming the notice it answers (noticeEcho), as
+ * docs/mqtt-api.md says a gateway does. It speaks to
  * the broker with the mqtt package directly, so the rollout code under test is the only user of
  * src/mqtt here. Like the real agent (src/gateway/ledger.ts decideNotice) it ignores a notice for
  * the release it already runs or ran, and reports `cancelled` when a notice it has not started
@@ -11,7 +12,7 @@
 import net, { type AddressInfo } from "node:net";
 import { Aedes } from "aedes";
 import mqtt, { type MqttClient } from "mqtt";
-import type { DeviceStatus } from "../../src/mqtt/messages.js";
+import { type DeviceStatus, noticeEcho, type UpdateNotice } from "../../src/mqtt/messages.js";
 import { signStatus } from "../../src/mqtt/status-auth.js";
 import type { ManifestSigningKey } from "../../src/release/keyring.js";
 
@@ -44,6 +45,13 @@ export interface Script {
   code?: string;
   /** Stop at this state until release(deviceId) is called. */
   hold?: "queued" | "downloading";
+  /**
+   * Refuse every notice with this code, as a gateway refuses one below the device's
+   * high-water mark (issue 12 defect 16): one final `failed` that answers it, nothing before.
+   */
+  refuse?: string;
+  /** An agent from before noticeDigest: its statuses name the notice's release and rollout only. */
+  legacy?: boolean;
 }
 
 export interface AgentLogEntry {
@@ -53,6 +61,7 @@ export interface AgentLogEntry {
 }
 
 interface Job {
+  notice: UpdateNotice;
   releaseId: string;
   state: string;
   gate?: () => void;
@@ -123,7 +132,7 @@ export class FakeAgent {
 
   private async publish(
     id: string,
-    s: { state: string; releaseId?: string; rolloutId?: string; code?: string },
+    s: { state: string; releaseId?: string; notice?: UpdateNotice; code?: string },
   ): Promise<void> {
     const seq = (this.seq.get(id) ?? 100) + 1;
     this.seq.set(id, seq);
@@ -135,7 +144,15 @@ export class FakeAgent {
       seq,
       state: s.state,
       ...(s.releaseId ? { releaseId: s.releaseId } : {}),
-      ...(s.rolloutId ? { rolloutId: s.rolloutId } : {}),
+      // As the agent does (agent.ts status): the job's statuses name its notice.
+      ...(s.notice && this.scripts[id]?.legacy
+        ? {
+            releaseId: s.notice.releaseId,
+            ...(s.notice.rolloutId ? { rolloutId: s.notice.rolloutId } : {}),
+          }
+        : s.notice
+          ? noticeEcho(s.notice)
+          : {}),
       ...(s.code ? { error: { code: s.code, message: `fake ${s.state}`, step: "transfer" } } : {}),
       updatedAt: at,
     } as DeviceStatus;
@@ -160,7 +177,7 @@ export class FakeAgent {
         this.waiting.delete(id);
         void this.publish(id, {
           state: "cancelled",
-          releaseId: job.releaseId,
+          notice: job.notice,
           code: "E_AGENT_CLEARED",
         });
       }
@@ -172,21 +189,20 @@ export class FakeAgent {
     this.notices.set(id, list);
     this.log.push({ kind: "notice", deviceId: id });
     if (this.jobs.get(id)?.releaseId === n.releaseId) return; // duplicate: already runs or ran it
-    void this.run(id, n.releaseId, n.rolloutId);
+    void this.run(id, n);
   }
 
-  private async run(id: string, releaseId: string, rolloutId?: string): Promise<void> {
+  private async run(id: string, notice: UpdateNotice): Promise<void> {
     const script = this.scripts[id]!;
-    const job: Job = { releaseId, state: "queued" };
+    if (script.refuse) {
+      await this.publish(id, { state: "failed", notice, code: script.refuse });
+      return;
+    }
+    const job: Job = { notice, releaseId: notice.releaseId, state: "queued" };
     this.jobs.set(id, job);
     const step = async (state: string, code?: string) => {
       job.state = state;
-      await this.publish(id, {
-        state,
-        releaseId,
-        ...(rolloutId ? { rolloutId } : {}),
-        ...(code ? { code } : {}),
-      });
+      await this.publish(id, { state, notice, ...(code ? { code } : {}) });
     };
     const hold = (at: string) =>
       script.hold === at ? new Promise<void>((go) => this.waiting.set(id, go)) : undefined;

@@ -1,6 +1,6 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import type { DeviceState, DeviceStatus } from "../../src/mqtt/messages.js";
+import { type DeviceState, type DeviceStatus, noticeDigest } from "../../src/mqtt/messages.js";
 import {
   createRollout,
   type RolloutEffect,
@@ -13,7 +13,7 @@ import {
 } from "../../src/rollout/machine.js";
 import type { RolloutState } from "../../src/rollout/messages.js";
 import { encodeRolloutState, parseRolloutState } from "../../src/rollout/messages.js";
-import { waveEnds } from "../../src/rollout/plan.js";
+import { noticeFor, waveEnds } from "../../src/rollout/plan.js";
 
 const T0 = Date.parse("2025-03-01T12:00:00.000Z");
 const REL = "app-1.2.0-0123456789ab";
@@ -38,10 +38,28 @@ function plan(n: number, over: Partial<RolloutPlan> = {}): RolloutPlan {
 
 // Each status gets a fresh seq unless one is given (per device seq only grows).
 let seqs = new Map<string, number>();
+/**
+ * The digest a status echoes: `ours` of the notice the default rollout publishes for the device
+ * (plan(10)), `foreign` of a notice of the same release anyone else published (a URL that 404s).
+ */
+function digestOf(deviceId: string, whose: "ours" | "foreign"): string {
+  const ours = noticeFor(createRollout(plan(10), T0), deviceId, T0);
+  return noticeDigest(
+    whose === "ours" ? ours : { ...ours, manifestUrls: ["http://attacker.example/404"] },
+  );
+}
+
 function status(
   deviceId: string,
   state: DeviceState,
-  o: { release?: string; seq?: number; code?: string; at?: number } = {},
+  o: {
+    release?: string;
+    seq?: number;
+    code?: string;
+    at?: number;
+    notice?: "ours" | "foreign";
+    rolloutId?: string;
+  } = {},
 ): RolloutInput {
   const seq = o.seq ?? (seqs.get(deviceId) ?? 0) + 1;
   seqs.set(deviceId, Math.max(seq, seqs.get(deviceId) ?? 0));
@@ -52,6 +70,8 @@ function status(
     seq,
     state,
     releaseId: o.release ?? REL,
+    ...(o.rolloutId ? { rolloutId: o.rolloutId } : {}),
+    ...(o.notice ? { noticeDigest: digestOf(deviceId, o.notice) } : {}),
     updatedAt: new Date(T0).toISOString(),
     ...(o.code ? { error: { code: o.code, message: "boom", step: "transfer" } } : {}),
   };
@@ -74,6 +94,8 @@ function run(s: RolloutState, inputs: readonly RolloutInput[]): RolloutState {
 
 const notices = (fx: RolloutEffect[]) =>
   fx.flatMap((e) => (e.type === "publish-notice" ? [e.deviceId] : []));
+const republished = (fx: RolloutEffect[]) =>
+  fx.flatMap((e) => (e.type === "republish-notice" ? [e.deviceId] : []));
 const clears = (fx: RolloutEffect[]) =>
   fx.flatMap((e) => (e.type === "clear-notice" ? [e.deviceId] : []));
 const events = (fx: RolloutEffect[]) =>
@@ -87,6 +109,8 @@ interface Expect {
   state?: RolloutState["state"];
   currentWave?: number;
   notices?: string[];
+  /** republish-notice effects (publish-notice ones are `notices`). */
+  republished?: string[];
   clears?: string[];
   events?: RolloutEvent["kind"][];
   saved?: boolean;
@@ -95,6 +119,8 @@ interface Expect {
   device?: Record<string, Partial<RolloutState["perDevice"][string]>>;
   /** The transition returns the very same state object (nothing changed). */
   unchanged?: boolean;
+  /** Anything else to check of the state the transition led to. */
+  check?: (s: RolloutState) => void;
 }
 
 interface Row {
@@ -419,6 +445,257 @@ const rows: Row[] = [
     input: () => start(T0 + 9000),
     expect: { unchanged: true, notices: [] },
   },
+  // Issue 12 defect 4: anyone who may publish can make a gateway run a notice of this release
+  // that fails (a URL that 404s) and sign a genuine `failed`; only our notices' outcomes count.
+  {
+    name: "an outsider's notice of this release failing on a later-wave device does not count when its wave starts (it aborted the rollout)",
+    given: () => [
+      start(),
+      status("d01", "failed", { notice: "foreign", code: "E_DOWNLOAD_FAILED", rolloutId: "r1" }),
+    ],
+    input: () => status("d00", "succeeded", { notice: "ours", rolloutId: "r1" }),
+    expect: {
+      state: "running",
+      currentWave: 1,
+      notices: ["d01", "d02", "d03", "d04"],
+      events: ["device", "wave-started"],
+      check: (s) => expect(s.perDevice.d01!.state).toBeUndefined(),
+    },
+  },
+  {
+    name: "an outsider's notice failing on a device of the current wave changes nothing",
+    given: () => wave1Started(),
+    input: () => status("d01", "failed", { notice: "foreign", code: "E_DOWNLOAD_FAILED" }),
+    expect: {
+      state: "running",
+      notices: [],
+      events: [],
+      check: (s) => expect(s.perDevice.d01).toEqual({ ...s.perDevice.d01, seq: 1 }),
+    },
+  },
+  {
+    name: "nor do the steps of an outsider's notice: the device has not started ours, so an abort still withdraws it",
+    given: () => [...wave1Started(), status("d01", "downloading", { notice: "foreign" })],
+    input: () => abortIn(),
+    expect: { state: "aborted", clears: ["d01", "d02", "d03", "d04"], finish: "aborted" },
+  },
+  {
+    name: "an outsider's notice cancelled (withdrawn or superseded) does not finish the device",
+    given: () => wave1Started(),
+    input: () => status("d01", "cancelled", { notice: "foreign", code: "E_AGENT_CLEARED" }),
+    expect: {
+      events: [],
+      check: (s) => expect(summarize(s).counts.notified).toBe(4),
+    },
+  },
+  {
+    name: "an outsider's notice sent to a later wave and withdrawn again does not finish that device when its wave starts (it advanced the rollout past a device never updated)",
+    given: () => [
+      start(),
+      status("d01", "cancelled", { notice: "foreign", code: "E_AGENT_CLEARED", rolloutId: "r1" }),
+    ],
+    input: () => status("d00", "succeeded", { notice: "ours" }),
+    expect: {
+      currentWave: 1,
+      check: (s) => {
+        expect(s.perDevice.d01!.state).toBeUndefined();
+        expect(summarize(s).counts).toMatchObject({ succeeded: 1, notified: 4, cancelled: 0 });
+      },
+    },
+  },
+  {
+    name: "our notice's failure counts (the status echoes our notice's digest)",
+    given: () => [start()],
+    input: () => status("d00", "failed", { notice: "ours", code: "E_DOWNLOAD_FAILED" }),
+    expect: { state: "aborted", reason: "failure-rate", finish: "aborted" },
+  },
+  {
+    name: "a notice of ours the gateway refuses (one final status with its code, nothing before it) is a failure at once, not a wait for the wave timeout",
+    given: () => [start()],
+    input: () => status("d00", "failed", { notice: "ours", code: "E_MANIFEST_COUNTER" }),
+    expect: {
+      state: "aborted",
+      reason: "failure-rate",
+      finish: "aborted",
+      device: { d00: { state: "failed", errorCode: "E_MANIFEST_COUNTER" } },
+    },
+  },
+  {
+    name: "another notice's success counts: the device runs the release, and its gateway will not run it again for ours",
+    given: () => [start()],
+    input: () => status("d00", "succeeded", { notice: "foreign" }),
+    expect: { currentWave: 1, device: { d00: { state: "succeeded" } } },
+  },
+  {
+    name: "another notice's rollback counts as a failure (a fact about the release on that device)",
+    given: () => [start()],
+    input: () => status("d00", "rolled-back", { notice: "foreign", code: "E_UART_ROLLED_BACK" }),
+    expect: { state: "aborted", reason: "failure-rate", finish: "aborted" },
+  },
+  {
+    name: "a status without a digest (an agent before it) naming another rollout counts for nothing",
+    given: () => [start()],
+    input: () => status("d00", "failed", { rolloutId: "r-earlier", code: "E_DOWNLOAD_FAILED" }),
+    expect: { state: "running", events: [] },
+  },
+  {
+    name: "a status without a digest naming this rollout counts",
+    given: () => [start()],
+    input: () => status("d00", "failed", { rolloutId: "r1", code: "E_DOWNLOAD_FAILED" }),
+    expect: { state: "aborted", reason: "failure-rate", finish: "aborted" },
+  },
+  {
+    name: "resume republishes, unchanged, the notices of the waves so far that have not started ours (replaced, or dropped as a duplicate of another notice that failed)",
+    given: () => [
+      ...wave1Started(),
+      status("d01", "downloading", { notice: "ours" }),
+      status("d02", "succeeded", { notice: "ours" }),
+      status("d03", "failed", { notice: "foreign", code: "E_DOWNLOAD_FAILED" }),
+      waveTimeout(1),
+    ],
+    input: () => resume(T0 + 100_000),
+    expect: {
+      state: "running",
+      notices: [],
+      republished: ["d03", "d04"],
+      events: ["resumed"],
+      check: (s) => expect(s.perDevice.d03!.notifiedAt).toBe(new Date(T0 + 1000).toISOString()),
+    },
+  },
+  {
+    name: "retry-failed on an aborted rollout re-issues the failed devices' notices (a new issuedAt) and runs it again",
+    plan: { maxFailureRate: 100 },
+    given: () => [
+      ...wave1Started(),
+      status("d01", "failed", { code: "E_DOWNLOAD_FAILED" }),
+      status("d02", "rolled-back", { code: "E_UART_ROLLED_BACK" }),
+      abortIn(T0 + 5000),
+    ],
+    input: () => ({ type: "retry-failed", now: T0 + 9000 }),
+    expect: {
+      state: "running",
+      currentWave: 1,
+      notices: ["d01"],
+      events: ["retried"],
+      device: { d01: { notifiedAt: new Date(T0 + 9000).toISOString() } },
+      check: (s) => {
+        expect(s.perDevice.d01!.state).toBeUndefined();
+        expect(s.perDevice.d01!.errorCode).toBeUndefined();
+        // Rolled back is a fact about the release on that device: not retried.
+        expect(s.perDevice.d02!.state).toBe("rolled-back");
+        expect(s.reason).toBeUndefined();
+        expect(s.finishedAt).toBeUndefined();
+        expect(s.waveStartedAt).toBe(new Date(T0 + 9000).toISOString());
+      },
+    },
+  },
+  {
+    name: "the retried device's old failed status, delivered again, does not count (its seq is not above)",
+    plan: { maxFailureRate: 100 },
+    given: () => [
+      ...wave1Started(),
+      status("d01", "failed", { code: "E_DOWNLOAD_FAILED", seq: 9 }),
+      { type: "retry-failed", now: T0 + 9000 },
+    ],
+    input: () => status("d01", "failed", { code: "E_DOWNLOAD_FAILED", seq: 9 }),
+    expect: { unchanged: true, events: [] },
+  },
+  {
+    name: "a retried device's new status of our notice counts (the digest leaves issuedAt out)",
+    plan: { maxFailureRate: 100 },
+    given: () => [
+      ...wave1Started(),
+      status("d01", "failed", { code: "E_DOWNLOAD_FAILED" }),
+      { type: "retry-failed", now: T0 + 9000 },
+    ],
+    input: () => status("d01", "succeeded", { notice: "ours" }),
+    expect: { events: ["device"], device: { d01: { state: "succeeded" } } },
+  },
+  {
+    name: "a retry that leaves the failure rate above the limit aborts again at once",
+    given: () => [
+      ...wave1Started(),
+      status("d01", "failed", { code: "E_DOWNLOAD_FAILED" }),
+      status("d02", "rolled-back", { code: "E_UART_ROLLED_BACK" }),
+    ],
+    input: () => ({ type: "retry-failed", now: T0 + 9000 }),
+    expect: {
+      state: "aborted",
+      reason: "failure-rate",
+      notices: ["d01"],
+      events: ["retried", "aborted"],
+      finish: "aborted",
+    },
+  },
+  {
+    name: "retry-failed with no failed device is ignored",
+    given: () => wave1Started(),
+    input: () => ({ type: "retry-failed", now: T0 + 9000 }),
+    expect: { unchanged: true, events: ["ignored"] },
+  },
+  {
+    name: "a completed rollout does not complete again while a retried device of an earlier wave runs",
+    n: 2,
+    plan: { waves: [50, 100], maxFailureRate: 100 },
+    given: () => [
+      start(),
+      status("d00", "failed", { code: "E_DOWNLOAD_FAILED" }),
+      status("d01", "succeeded"),
+    ],
+    input: () => ({ type: "retry-failed", now: T0 + 9000 }),
+    expect: { state: "running", currentWave: 1, notices: ["d00"], events: ["retried"] },
+  },
+  {
+    name: "next-wave starts the next wave while the current one is still open",
+    given: () => [start(), status("d00", "downloading")],
+    input: () => ({ type: "next-wave", now: T0 + 5000 }),
+    expect: {
+      state: "running",
+      currentWave: 1,
+      notices: ["d01", "d02", "d03", "d04"],
+      events: ["wave-started", "advanced"],
+    },
+  },
+  {
+    name: "next-wave on a paused rollout runs it again",
+    given: () => [start(), pause()],
+    input: () => ({ type: "next-wave", now: T0 + 5000 }),
+    expect: { state: "running", currentWave: 1, events: ["wave-started", "advanced"] },
+  },
+  {
+    name: "after next-wave the later wave finishing does not advance past an earlier open wave",
+    given: () => [
+      start(),
+      { type: "next-wave", now: T0 + 5000 },
+      ...["d01", "d02", "d03"].map((d) => status(d, "succeeded")),
+    ],
+    input: () => status("d04", "succeeded"),
+    expect: { currentWave: 1, notices: [], events: ["device"] },
+  },
+  {
+    name: "the earlier wave's last device then starts the wave after",
+    given: () => [
+      start(),
+      { type: "next-wave", now: T0 + 5000 },
+      ...["d01", "d02", "d03", "d04"].map((d) => status(d, "succeeded")),
+    ],
+    input: () => status("d00", "succeeded"),
+    expect: { currentWave: 2, events: ["device", "wave-started"] },
+  },
+  {
+    name: "next-wave at the last wave is ignored",
+    n: 2,
+    plan: { waves: [50, 100] },
+    given: () => [start(), status("d00", "succeeded")],
+    input: () => ({ type: "next-wave", now: T0 + 5000 }),
+    expect: { unchanged: true, events: ["ignored"] },
+  },
+  {
+    name: "next-wave on an aborted rollout is ignored",
+    given: () => [start(), abortIn()],
+    input: () => ({ type: "next-wave", now: T0 + 5000 }),
+    expect: { unchanged: true, events: ["ignored"] },
+  },
   {
     name: "start on an aborted rollout is ignored",
     given: () => [start(), abortIn()],
@@ -440,6 +717,7 @@ describe("rollout machine: transition table", () => {
       if (x.currentWave !== undefined) expect(state.currentWave).toBe(x.currentWave);
       if (x.notices) expect(notices(effects)).toEqual(x.notices);
       if (x.clears) expect(clears(effects)).toEqual(x.clears);
+      expect(republished(effects)).toEqual(x.republished ?? []);
       if (x.events) expect(events(effects)).toEqual(x.events);
       if (x.saved !== undefined) expect(effects.some((e) => e.type === "save-state")).toBe(x.saved);
       const fin = effects.find((e) => e.type === "finish");
@@ -447,11 +725,12 @@ describe("rollout machine: transition table", () => {
       if (x.reason) expect(state.reason?.kind).toBe(x.reason);
       for (const [id, want] of Object.entries(x.device ?? {}))
         expect(state.perDevice[id]).toMatchObject(want);
+      x.check?.(state);
       // Every state the machine makes is one the schema accepts (what gets retained).
       expect(parseRolloutState(encodeRolloutState(state))).toEqual({ ok: true, value: state });
       // Effects come in order: notices, save, events, finish.
       const order = effects.map((e) =>
-        e.type === "publish-notice" || e.type === "clear-notice"
+        e.type === "publish-notice" || e.type === "republish-notice" || e.type === "clear-notice"
           ? 0
           : e.type === "save-state"
             ? 1
@@ -562,6 +841,10 @@ describe("rollout machine: properties", () => {
             const r = transition(s, input);
             s = r.state;
             for (const e of r.effects) {
+              if (e.type === "republish-notice") {
+                expect(input.type, "republished other than on resume").toBe("resume");
+                expect(notified.has(e.deviceId), `${e.deviceId} republished unnotified`).toBe(true);
+              }
               if (e.type === "publish-notice") {
                 expect(notified.has(e.deviceId), `notice for ${e.deviceId} twice`).toBe(false);
                 notified.add(e.deviceId);

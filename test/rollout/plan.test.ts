@@ -2,10 +2,12 @@
 import { readFileSync } from "node:fs";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
+import { noticeDigest, noticeEcho } from "../../src/mqtt/messages.js";
 import { createRollout, transition } from "../../src/rollout/machine.js";
 import {
   encodeRolloutControl,
   encodeRolloutState,
+  ownerGone,
   ownerLive,
   parseRolloutControl,
   parseRolloutState,
@@ -242,6 +244,52 @@ describe("rollout messages", () => {
     expect(ownerLive(s, T0 + 29_999)).toBe(true);
     expect(ownerLive(s, T0 + 30_000)).toBe(false);
     expect(ownerLive(sample(), T0)).toBe(false);
+  });
+
+  it("a probe that finds the owner's process gone ends it at once; one that finds it cannot revive a stale heartbeat", () => {
+    const s = {
+      ...sample(),
+      owner: { host: "h", pid: 7, heartbeatAt: new Date(T0).toISOString(), heartbeatMs: 10_000 },
+    };
+    expect(ownerGone(s, T0 + 1000, () => false)).toBe("h:7 is not running (pid 7 on this host)");
+    expect(ownerGone(s, T0 + 1000, () => undefined)).toBeUndefined();
+    expect(ownerGone(s, T0 + 1000, () => true)).toBeUndefined();
+    expect(ownerGone(s, T0 + 30_000, () => true)).toMatch(/^h:7 missed 3 heartbeats/);
+    expect(ownerGone(sample(), T0)).toBe("no process owns it");
+  });
+
+  it("noticeDigest: what the notice says, not when; any other byte changes it", () => {
+    const n = {
+      format: 1 as const,
+      deviceId: "348518123456",
+      releaseId: "app-2.0.0-0123456789ab",
+      counter: 7,
+      manifestUrls: ["https://updates.example.com/rel/42/348518123456/manifest.json"],
+      rolloutId: "r-2025-06-01",
+      issuedAt: "2025-06-01T12:00:00.000Z",
+    };
+    // The value docs/mqtt-api.md shows for its example notice.
+    const d = "624a26e2107fd10a50dd42bd75463bddd215e6bbcc5b9e563218c99cb4016c7a";
+    expect(noticeDigest(n)).toBe(d);
+    expect(noticeDigest({ ...n, issuedAt: "2026-01-01T00:00:00Z" })).toBe(d);
+    // Canonical JSON: the order of the keys as received does not matter.
+    const { issuedAt, ...rest } = n;
+    const reordered = JSON.parse(JSON.stringify({ issuedAt, ...rest, format: 1 }));
+    expect(noticeDigest(reordered)).toBe(d);
+    for (const other of [
+      { ...n, manifestUrls: ["https://evil.example/404"] },
+      { ...n, counter: 8 },
+      { ...n, rolloutId: "r-other" },
+      { ...n, deviceId: "348518123457" },
+      { ...n, extra: 1 },
+    ])
+      expect(noticeDigest(other as typeof n)).not.toBe(d);
+    expect(noticeEcho(n)).toEqual({
+      releaseId: n.releaseId,
+      counter: 7,
+      rolloutId: "r-2025-06-01",
+      noticeDigest: d,
+    });
   });
 });
 

@@ -295,6 +295,53 @@ describe.each(BROKERS)("rollout runner ($name)", (kind) => {
     expect(warnings.some((w) => w.includes("E_MQTT_STATUS_UNSIGNED"))).toBe(true);
   });
 
+  it("a notice its gateway refuses (one final status with the code) aborts at once, not at the wave timeout", async () => {
+    const { prefix, topics } = fresh();
+    const devs = ids(2);
+    const key = generateManifestKey("ed25519");
+    const gateways = gatewayTrust({ format: 1, gateways: [gatewayIdentity("gw-test", key)] });
+    await agent(
+      prefix,
+      {
+        dev00: { final: "succeeded", refuse: "E_MANIFEST_COUNTER" },
+        dev01: { final: "succeeded" },
+      },
+      key,
+    );
+    const r = await run(
+      await operator(),
+      topics,
+      // A wave timeout far beyond the test's own: only the refusal can end this rollout.
+      plan(devs, { waves: [50, 100], waveTimeoutMs: 3_600_000, maxFailureRate: 0 }),
+      { gateways },
+    );
+    const end = await r.done;
+    expect(end.state).toBe("aborted");
+    expect(end.perDevice.dev00).toMatchObject({
+      state: "failed",
+      errorCode: "E_MANIFEST_COUNTER",
+    });
+    expect(end.perDevice.dev01!.notifiedAt).toBeUndefined();
+  });
+
+  it("with --gateways, a signed status that does not name its notice (an agent before noticeDigest) is ignored with a warning", async () => {
+    const { prefix, topics } = fresh();
+    const key = generateManifestKey("ed25519");
+    const gateways = gatewayTrust({ format: 1, gateways: [gatewayIdentity("gw-test", key)] });
+    // Such an agent echoes whatever rolloutId a publisher wrote: its failure could be anyone's.
+    await agent(prefix, { dev00: { final: "failed", legacy: true } }, key);
+    const warnings: string[] = [];
+    const r = await run(
+      await operator(),
+      topics,
+      plan(ids(1), { waves: [100], waveTimeoutMs: 1500, maxFailureRate: 0 }),
+      { gateways, onWarning: (w) => warnings.push(w) },
+    );
+    await until(() => r.state().state === "paused", "wave timeout");
+    expect(r.state().perDevice.dev00!.state).toBeUndefined();
+    expect(warnings.some((w) => w.includes("does not name the notice it answers"))).toBe(true);
+  });
+
   it("with no live owner, an abort is applied directly: the notices not started are withdrawn", async () => {
     const { prefix, topics } = fresh();
     const devs = ids(2);

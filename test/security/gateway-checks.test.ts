@@ -15,7 +15,7 @@ import { join } from "node:path";
 import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { DeviceLink } from "../../agent/link.js";
-import { runUpdate, type UpdateHost, type UpdateSettings } from "../../agent/update.js";
+import { httpNet, runUpdate, type UpdateSettings } from "../../agent/update.js";
 import { toHex } from "../../src/bytes.js";
 import { deviceIdOf } from "../../src/gateway/device-view.js";
 import { type DeviceLedger, newLedger } from "../../src/gateway/ledger.js";
@@ -160,31 +160,34 @@ async function run(
     stagingDir: staging,
     transferAttempts: 1,
   };
-  const h: UpdateHost = {
+  const r0 = runUpdate({
     deviceId,
+    job: ledger.job,
     settings,
-    log: pino({ level: "silent" }),
-    now: () => NOW,
-    ledger: () => ledger,
-    save: async (f) => f(ledger),
-    saveNow: (f) => f(ledger),
-    status: async (state, extra = {}) => {
-      statuses.push({
-        format: 1,
-        deviceId,
-        gatewayId: "gw",
-        seq: statuses.length + 1,
-        state,
-        updatedAt: NOW.toISOString(),
-        ...extra,
-      } as DeviceStatus);
+    ports: {
+      device: () => link,
+      ledger: { get: () => ledger, save: async (f) => f(ledger), saveNow: (f) => f(ledger) },
+      publish: {
+        status: async (state, extra = {}) => {
+          statuses.push({
+            format: 1,
+            deviceId,
+            gatewayId: "gw",
+            seq: statuses.length + 1,
+            state,
+            updatedAt: NOW.toISOString(),
+            ...extra,
+          } as DeviceStatus);
+        },
+        progress: () => undefined,
+      },
+      clock: { now: () => NOW, sleep: async () => undefined },
+      net: httpNet(settings, (f) => f()),
+      log: pino({ level: "silent" }),
     },
-    progress: () => undefined,
-    link: () => link,
-    downloadSlot: (f) => f(),
     signal: new AbortController().signal,
-  };
-  const r = await runUpdate(h);
+  });
+  const r = await r0;
   expect(r.kind).toBe("final");
   return { final: statuses.at(-1)!, flashed, ledger };
 }

@@ -4,17 +4,9 @@
  * stop-and-wait shape on the same link and flash timing.
  */
 
-import { sha256 } from "@noble/hashes/sha2.js";
-import { RealClock } from "../../src/sim/clock.js";
 import type { SimDevice } from "../../src/sim/device.js";
 import { BLOCK_SIZE, DEFAULT_FLASH_TIMING, PAGE_SIZE, SECTOR_SIZE } from "../../src/sim/flash.js";
-import { HostSession, memoryImage } from "../../src/uart/host.js";
-import { PacedPort } from "../../src/uart/paced-port.js";
-import type { RxConfig } from "../../src/uart/rx-model.js";
-import { realTimers } from "../../src/uart/scheduler.js";
-import { SerialBytePort } from "../../src/uart/serial-port.js";
-import { RX_CONFIGS, SimEndpoint } from "../../src/uart/sim-endpoint.js";
-import { openPtyPair } from "../../src/uart/socat.js";
+import type { RxConfig } from "../../src/sim/rx-model.js";
 import { makeDevice, security } from "../helpers/sim.js";
 import { rig, runFlash } from "./harness.js";
 
@@ -109,49 +101,4 @@ export async function benchPoint(
     stopAndWaitKbitPerS: (image.length * 8) / sw,
     stopAndWaitRatio: lim / sw,
   };
-}
-
-/**
- * The same transfer in real time over a socat pty pair through `serialport`, the device behind
- * a PacedPort (baud/10 bytes per second) with a RealClock: BEGIN → last byte in flash, ms.
- */
-export async function ptyTransferMs(baud: number, image: Uint8Array): Promise<number> {
-  const pair = await openPtyPair();
-  const dev = makeDevice("esp32", security("esp32"), { clock: new RealClock() });
-  const devPort = await SerialBytePort.open(pair.device, baud);
-  const ep = new SimEndpoint(dev, new PacedPort(devPort, realTimers), realTimers, {
-    rx: RX_CONFIGS.iram,
-  });
-  ep.powerOn();
-  await (dev.clock as RealClock).settle();
-  const host = await SerialBytePort.open(pair.host, baud);
-  const phaseAt = new Map<string, number>();
-  try {
-    const s = new HostSession({
-      port: host,
-      timers: realTimers,
-      job: {
-        mode: "flash",
-        image: { offset: 0x160000, size: image.length, sha256: sha256(image) },
-      },
-      image: memoryImage(image),
-      onEvent: (e) => {
-        if (e.kind === "phase") phaseAt.set(e.phase, realTimers.now());
-      },
-    });
-    await s.start();
-    return (phaseAt.get("end") ?? 0) - (phaseAt.get("begin") ?? 0);
-  } finally {
-    host.close();
-    devPort.close();
-    pair.close();
-  }
-}
-
-/** The virtual-time figure for the same configuration (no turnaround latency, fixed baud). */
-export async function virtualTransferMs(baud: number, image: Uint8Array): Promise<number> {
-  const r = rig({ rx: RX_CONFIGS.iram, link: { baud } });
-  const res = await runFlash(r, image);
-  if (res.outcome?.kind !== "confirmed") throw new Error(`virtual run: ${res.error?.code}`);
-  return (res.phaseAt.get("end") ?? 0) - (res.phaseAt.get("begin") ?? 0);
 }

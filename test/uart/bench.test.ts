@@ -1,6 +1,6 @@
 /** The bench's hardest corner as a test: 2 Mbaud with 16 ms turnaround, both receive paths. */
 import { describe, expect, it } from "vitest";
-import { RX_CONFIGS } from "../../src/uart/sim-endpoint.js";
+import { RX_CONFIGS } from "../../src/sim/rx-model.js";
 import { app, otaImage, security } from "../helpers/sim.js";
 import { benchPoint, flashBusyMs, limitMs, stopAndWaitMs } from "./bench-core.js";
 

@@ -7,21 +7,22 @@ import { sha256 } from "@noble/hashes/sha2.js";
 import { afterAll, describe, expect, it } from "vitest";
 import { RealClock } from "../../src/sim/clock.js";
 import type { SimDevice } from "../../src/sim/device.js";
+import { FirmwareEndpoint } from "../../src/sim/firmware-device.js";
+import { PacedLink } from "../../src/sim/paced-link.js";
+import { RX_CONFIGS } from "../../src/sim/rx-model.js";
+import { type LinkOptions, VirtualLink } from "../../src/sim/virtual-link.js";
 import { HostSession, memoryImage } from "../../src/uart/host.js";
 import type { HostJob, Outcome } from "../../src/uart/host-machine.js";
-import { PacedPort } from "../../src/uart/paced-port.js";
 import type { BytePort } from "../../src/uart/port.js";
 import { realTimers, type Timers, VirtualScheduler } from "../../src/uart/scheduler.js";
 import { SerialBytePort } from "../../src/uart/serial-port.js";
-import { RX_CONFIGS, SimEndpoint } from "../../src/uart/sim-endpoint.js";
 import { openPtyPair, socatAvailable } from "../../src/uart/socat.js";
-import { type LinkOptions, VirtualLink } from "../../src/uart/virtual-link.js";
 import { makeDevice, security } from "../helpers/sim.js";
 import { nextImage } from "./harness.js";
 
 interface Env {
   dev: SimDevice;
-  ep: SimEndpoint;
+  ep: FirmwareEndpoint;
   run(job: HostJob, image?: Uint8Array): Promise<RunOut>;
   close(): Promise<void>;
 }
@@ -65,7 +66,7 @@ function virtualEnv(link: LinkOptions): Env {
   const dev = makeDevice("esp32", security("esp32"));
   const sched = new VirtualScheduler();
   const l = new VirtualLink(sched, link);
-  const ep = new SimEndpoint(dev, l.device, sched, { rx: RX_CONFIGS.iram });
+  const ep = new FirmwareEndpoint(dev, l.device, sched, { rx: RX_CONFIGS.iram });
   ep.powerOn();
   sched.run();
   return {
@@ -80,8 +81,8 @@ function virtualEnv(link: LinkOptions): Env {
 async function ptyEnv(baud: number): Promise<Env> {
   const pair = await openPtyPair();
   const dev = makeDevice("esp32", security("esp32"), { clock: new RealClock() });
-  const devPort = new PacedPort(await SerialBytePort.open(pair.device, baud), realTimers);
-  const ep = new SimEndpoint(dev, devPort, realTimers, { rx: RX_CONFIGS.iram });
+  const devPort = new PacedLink(await SerialBytePort.open(pair.device, baud), realTimers);
+  const ep = new FirmwareEndpoint(dev, devPort, realTimers, { rx: RX_CONFIGS.iram });
   ep.powerOn();
   await (dev.clock as RealClock).settle();
   const host = await SerialBytePort.open(pair.host, baud);

@@ -6,7 +6,7 @@
  */
 import { describe, expect, it } from "vitest";
 import { equalBytes } from "../../src/bytes.js";
-import { prng } from "../../src/uart/virtual-link.js";
+import { prng } from "../../src/sim/virtual-link.js";
 import { nextImage, type Rig, rig, runFlash } from "./harness.js";
 
 const RETRYABLE = new Set(["E_UART_DISCONNECTED", "E_UART_TIMEOUT", "E_UART_NO_DEVICE"]);

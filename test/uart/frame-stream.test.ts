@@ -1,11 +1,12 @@
 import { Duplex } from "node:stream";
 import { describe, expect, it } from "vitest";
+import { FirmwareEndpoint } from "../../src/sim/firmware-device.js";
+import { RX_CONFIGS } from "../../src/sim/rx-model.js";
+import { VirtualLink } from "../../src/sim/virtual-link.js";
 import { encodeFrame } from "../../src/uart/frame.js";
 import { duplexPort, FrameParser } from "../../src/uart/frame-stream.js";
 import { HostSession } from "../../src/uart/host.js";
 import { VirtualScheduler } from "../../src/uart/scheduler.js";
-import { RX_CONFIGS, SimEndpoint } from "../../src/uart/sim-endpoint.js";
-import { VirtualLink } from "../../src/uart/virtual-link.js";
 import { makeDevice, security } from "../helpers/sim.js";
 
 describe("stream adapters", () => {
@@ -32,7 +33,7 @@ describe("stream adapters", () => {
     const dev = makeDevice("esp32", security("esp32"));
     const sched = new VirtualScheduler();
     const link = new VirtualLink(sched, { baud: Number.POSITIVE_INFINITY });
-    const ep = new SimEndpoint(dev, link.device, sched, { rx: RX_CONFIGS.iram });
+    const ep = new FirmwareEndpoint(dev, link.device, sched, { rx: RX_CONFIGS.iram });
     ep.powerOn();
     sched.run();
     // The host end of the link as a Duplex stream, then back through duplexPort.

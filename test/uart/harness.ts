@@ -1,20 +1,21 @@
-/** Builds a simulated ESP32 on a virtual link with a host session, all in virtual time. */
+/** Builds a simulated ESP32 running the C firmware on a virtual link with a host session, all in virtual time. */
 import { sha256 } from "@noble/hashes/sha2.js";
 import type { SimDevice } from "../../src/sim/device.js";
 import type { SimChip } from "../../src/sim/efuse.js";
+import { FirmwareEndpoint } from "../../src/sim/firmware-device.js";
+import type { RxConfig } from "../../src/sim/rx-model.js";
+import { RX_CONFIGS } from "../../src/sim/rx-model.js";
+import { type LinkOptions, VirtualLink } from "../../src/sim/virtual-link.js";
 import { HostSession, memoryImage } from "../../src/uart/host.js";
 import type { HostEvent, HostJob, Outcome } from "../../src/uart/host-machine.js";
-import type { RxConfig } from "../../src/uart/rx-model.js";
 import { VirtualScheduler } from "../../src/uart/scheduler.js";
-import { RX_CONFIGS, SimEndpoint } from "../../src/uart/sim-endpoint.js";
-import { type LinkOptions, VirtualLink } from "../../src/uart/virtual-link.js";
 import { app, makeDevice, otaImage, security } from "../helpers/sim.js";
 
 export interface Rig {
   sched: VirtualScheduler;
   link: VirtualLink;
   dev: SimDevice;
-  ep: SimEndpoint;
+  ep: FirmwareEndpoint;
 }
 
 export function rig(
@@ -24,7 +25,7 @@ export function rig(
   const dev = opts.dev ?? makeDevice(chip, security(chip));
   const sched = new VirtualScheduler();
   const link = new VirtualLink(sched, opts.link);
-  const ep = new SimEndpoint(dev, link.device, sched, { rx: opts.rx ?? RX_CONFIGS.iram });
+  const ep = new FirmwareEndpoint(dev, link.device, sched, { rx: opts.rx ?? RX_CONFIGS.iram });
   if (dev.state.kind !== "running") ep.powerOn();
   // The power-on boot log and announcements are not part of what the tests look at.
   sched.run();

@@ -241,6 +241,13 @@ const rows: Row[] = [
     effects: [`send ${MSG.ABORT}`],
   },
   {
+    name: "cancel while sending, keeping the transfer (a supersede): no ABORT, the device's record stays open",
+    from: sending(),
+    input: { kind: "cancel", now: 0, reason: "x", keep: true },
+    phase: "done",
+    effects: ["E_UART_CANCELLED"],
+  },
+  {
     name: "cancel after ACTIVATE: nothing to abort",
     from: at({ kind: "await-boot" }),
     input: { kind: "cancel", now: 0, reason: "x" },
@@ -267,6 +274,31 @@ const rows: Row[] = [
     input: frame(MSG.RESULT, Uint8Array.of(1)),
     phase: "done",
     effects: ["E_UART_PROTOCOL"],
+  },
+  // Issue 12, "distinct codes": each of these was E_UART_PROTOCOL or E_UART_TIMEOUT before.
+  {
+    name: "BEGIN answered FLASH_ERROR (otadata could not be invalidated): E_UART_FLASH_ERROR",
+    from: at({ kind: "begin", attempt: 1 }),
+    input: result(MSG.BEGIN, STATUS.FLASH_ERROR),
+    phase: "done",
+    effects: ["E_UART_FLASH_ERROR"],
+  },
+  {
+    name: "ACTIVATE answered BAD_STATE (not verified): E_UART_BAD_STATE",
+    from: at({ kind: "activate", attempt: 1 }),
+    input: result(MSG.ACTIVATE, STATUS.BAD_STATE),
+    phase: "done",
+    effects: ["E_UART_BAD_STATE"],
+  },
+  {
+    name: "the device resets once more than the session resumes: E_UART_RESET_LOOP",
+    from: { ...sending({ next: 8192 }), ctx: { ...sending().ctx, resumes: 8 } },
+    input: frame(
+      MSG.ANNOUNCE,
+      encodeAnnounce({ phase: 0, runningOffset: 0x10000, runningState: 2, version: "1" }),
+    ),
+    phase: "done",
+    effects: ["E_UART_RESET_LOOP"],
   },
 ];
 

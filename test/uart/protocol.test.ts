@@ -2,7 +2,7 @@
 import { sha256 } from "@noble/hashes/sha2.js";
 import { describe, expect, it } from "vitest";
 import { OTA_STATE } from "../../src/esp/otadata.js";
-import { RX_CONFIGS } from "../../src/uart/sim-endpoint.js";
+import { RX_CONFIGS } from "../../src/sim/rx-model.js";
 import { app, makeDevice, otaImage, security } from "../helpers/sim.js";
 import { nextImage, rig, runFlash } from "./harness.js";
 

@@ -15,8 +15,9 @@ import {
   TOXIC_TYPES,
   type Toxic,
 } from "../../chaos/toxics.js";
+import { TIMER_MAX_MS } from "../../duration.js";
 import { EspOtaError } from "../../errors.js";
-import { parseIntArg } from "../args.js";
+import { durationArg } from "../args.js";
 import type { CliContext } from "../context.js";
 
 const collect = (v: string, acc: string[] | undefined) => [...(acc ?? []), v];
@@ -79,7 +80,11 @@ export function registerChaos(parent: Command, ctx: CliContext): void {
       "also serve the control API on HOST:PORT (default: none; give 127.0.0.1:0 for a free port)",
       listenAddress,
     )
-    .option("--duration <ms>", "stop after this long (default: until SIGINT/SIGTERM)", parseIntArg)
+    .option(
+      "--duration <time>",
+      "stop after this long (10s, 500ms; without it, until SIGINT/SIGTERM)",
+      durationArg(TIMER_MAX_MS),
+    )
     .option("--quiet", "no line per connection on stderr (toxic changes are still shown)")
     .action(
       async (o: {

@@ -114,6 +114,32 @@ function infoJson(info: Info) {
   };
 }
 
+/** `device flash --json`: what happened, with the image it was and the device after it. */
+function flashJson(out: Outcome, path: string, img: { size: number; sha: Uint8Array }) {
+  const image = { path, size: img.size, sha256: toHex(img.sha) };
+  switch (out.kind) {
+    case "confirmed":
+      return {
+        outcome: out.kind,
+        image,
+        slotOffset: out.slotOffset,
+        version: out.version,
+        resumedFrom: out.resumedFrom,
+        device: infoJson(out.info),
+      };
+    case "rolled-back":
+      return {
+        outcome: out.kind,
+        image,
+        runningOffset: out.runningOffset,
+        newSlotState: out.newSlotState === undefined ? null : stateName(out.newSlotState),
+        device: infoJson(out.info),
+      };
+    case "info":
+      return { outcome: out.kind, image, device: infoJson(out.info) };
+  }
+}
+
 /** The image file, read a chunk at a time (memory bounded by a chunk, STYLE.md §10). */
 function fileSource(path: string): {
   source: ImageSource;
@@ -179,13 +205,12 @@ export function registerDevice(program: Command, ctx: CliContext): void {
       "the slot's flash offset (must be the device's next slot)",
       parseIntArg,
     )
-    .option(
-      "--baud <rate>",
-      "negotiate this rate for the transfer (default 921600)",
-      parseIntArg,
-      921600,
-    )
+    .option("--baud <rate>", "negotiate this rate for the transfer", parseIntArg, 921600)
     .option("--sha256 <hex>", "expected SHA-256 of IMAGE (refuse if the file differs)")
+    .option(
+      "--json",
+      "the outcome as one JSON object on stdout, also when the device rolled back (exit 1 then)",
+    )
     .argument("<image>", "the ciphertext: signed, then encrypted for this device at --offset")
     .action(async (imagePath: string, o) => {
       const img = fileSource(resolve(ctx.cwd, imagePath));
@@ -214,11 +239,12 @@ export function registerDevice(program: Command, ctx: CliContext): void {
             }
           },
         );
+        if (o.json) ctx.print(JSON.stringify(flashJson(out, imagePath, img), null, 2));
         if (out.kind === "rolled-back")
           throw new EspOtaError("E_UART_ROLLED_BACK", describeOutcome(out), {
             running: out.runningOffset,
           });
-        ctx.print(describeOutcome(out));
+        if (!o.json) ctx.print(describeOutcome(out));
       } finally {
         img.close();
       }

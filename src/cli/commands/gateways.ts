@@ -58,26 +58,35 @@ export function registerGateways(parent: Command, ctx: CliContext): void {
     .option("--identity <json>", "the identity line")
     .option("--identity-file <path>", "a file holding the identity line")
     .option("--replace", "replace the key of a gateway already in the file (it was re-keyed)")
-    .action((file: string, o: { identity?: string; identityFile?: string; replace?: boolean }) => {
-      if ((o.identity === undefined) === (o.identityFile === undefined))
-        throw new EspOtaError("E_USAGE", "give exactly one of --identity and --identity-file");
-      const id = parseIdentity(o.identity ?? ctx.readText(o.identityFile!).trim());
-      const f = readOrEmpty(ctx, file);
-      const existing = f.gateways.find((g) => g.gatewayId === id.gatewayId);
-      if (existing && existing.keyId !== id.keyId && !o.replace)
-        throw new EspOtaError(
-          "E_MQTT_GATEWAYS_FILE",
-          `gateway ${id.gatewayId} is in ${file} with key ${existing.keyId}; pass --replace to trust ${id.keyId} instead`,
-          { gatewayId: id.gatewayId },
+    .option("--json", "what was done as one JSON object on stdout: {gatewayId, keyId, change}")
+    .action(
+      (
+        file: string,
+        o: { identity?: string; identityFile?: string; replace?: boolean; json?: boolean },
+      ) => {
+        if ((o.identity === undefined) === (o.identityFile === undefined))
+          throw new EspOtaError("E_USAGE", "give exactly one of --identity and --identity-file");
+        const id = parseIdentity(o.identity ?? ctx.readText(o.identityFile!).trim());
+        const f = readOrEmpty(ctx, file);
+        const existing = f.gateways.find((g) => g.gatewayId === id.gatewayId);
+        if (existing && existing.keyId !== id.keyId && !o.replace)
+          throw new EspOtaError(
+            "E_MQTT_GATEWAYS_FILE",
+            `gateway ${id.gatewayId} is in ${file} with key ${existing.keyId}; pass --replace to trust ${id.keyId} instead`,
+            { gatewayId: id.gatewayId },
+          );
+        const gateways = [...f.gateways.filter((g) => g.gatewayId !== id.gatewayId), id];
+        ctx.writeFile(file, encodeGatewaysFile({ format: 1, gateways }));
+        const change = existing?.keyId === id.keyId ? "unchanged" : existing ? "replaced" : "added";
+        if (o.json)
+          ctx.print(JSON.stringify({ file, gatewayId: id.gatewayId, keyId: id.keyId, change }));
+        ctx.note(
+          change === "unchanged"
+            ? `${id.gatewayId} is already in ${file} with key ${id.keyId}`
+            : `${change} ${id.gatewayId} (key ${id.keyId}) in ${file}`,
         );
-      const gateways = [...f.gateways.filter((g) => g.gatewayId !== id.gatewayId), id];
-      ctx.writeFile(file, encodeGatewaysFile({ format: 1, gateways }));
-      ctx.note(
-        existing?.keyId === id.keyId
-          ? `${id.gatewayId} is already in ${file} with key ${id.keyId}`
-          : `${existing ? "replaced" : "added"} ${id.gatewayId} (key ${id.keyId}) in ${file}`,
-      );
-    });
+      },
+    );
 
   gw.command("list")
     .description("The gateways in FILE: id, algorithm, key id.")

@@ -70,7 +70,7 @@ export function registerKeys(parent: Command, ctx: CliContext): void {
     .addOption(
       new Option(
         "--secure-boot <scheme>",
-        "secure boot signing key: v1 (ESP32 ECDSA P-256), v2-rsa3072 (every V2 chip but the C2; the default), v2-ecdsa256 (C2, C6, H2, ...)",
+        "secure boot signing key: v1 (ESP32 ECDSA P-256), v2-rsa3072 (every V2 chip but the C2), v2-ecdsa256 (C2, C6, H2, ...)",
       )
         .choices(SECURE_BOOT_CHOICES)
         .default("v2-rsa3072"),

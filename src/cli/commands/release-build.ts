@@ -7,9 +7,9 @@ import { availableParallelism } from "node:os";
 import { resolve } from "node:path";
 import { SingleBar } from "cli-progress";
 import type { Command } from "commander";
+import { parseDurationMs } from "../../duration.js";
 import { EspOtaError } from "../../errors.js";
 import { type BuildProgress, buildRelease } from "../../release/build.js";
-import { parseDuration } from "../../release/build-plan.js";
 import { loadKeyring } from "../../release/keyring-fs.js";
 import { openRegistry } from "../../release/registry-fs.js";
 import { parseIntArg } from "../args.js";
@@ -25,6 +25,7 @@ interface BuildCliOptions {
   out: string;
   expires: string;
   jobs?: number;
+  json?: boolean;
 }
 
 export function registerReleaseBuild(parent: Command, ctx: CliContext): void {
@@ -46,7 +47,7 @@ export function registerReleaseBuild(parent: Command, ctx: CliContext): void {
     .requiredOption("--out <dir>", "output directory")
     .option(
       "--expires <duration>",
-      "manifest lifetime (30d, 12h, 90m, 3600s); 30 days by default, long enough for a staged rollout, short enough that a withheld old manifest goes stale",
+      "manifest lifetime (30d, 12h, 90m, 3600s): long enough for a staged rollout, short enough that a withheld old manifest goes stale",
       "30d",
     )
     .option(
@@ -54,13 +55,16 @@ export function registerReleaseBuild(parent: Command, ctx: CliContext): void {
       "worker threads; default one per core (encryption is CPU-bound)",
       parseIntArg,
     )
+    .option(
+      "--json",
+      "the summary as one JSON object on stdout: {releaseId, built, skipped, excluded, bytesWritten, index}",
+    )
     .action(async (o: BuildCliOptions) => {
-      const expiresInMs = parseDuration(o.expires);
-      if (expiresInMs === null)
-        throw new EspOtaError(
-          "E_RELEASE_EXPIRES",
-          `--expires ${o.expires} is not a duration like 30d`,
-        );
+      // The shared duration parser; a bad value keeps its own code (E_RELEASE_EXPIRES, exit 1),
+      // which scripts already match on.
+      const expiresInMs = parseDurationMs(o.expires);
+      if (typeof expiresInMs === "string")
+        throw new EspOtaError("E_RELEASE_EXPIRES", `--expires ${expiresInMs}`);
       if (o.jobs !== undefined && o.jobs < 1)
         throw new EspOtaError("E_USAGE", "--jobs must be at least 1");
       const devices =
@@ -87,9 +91,14 @@ export function registerReleaseBuild(parent: Command, ctx: CliContext): void {
         progress.stop();
         for (const e of summary.excluded)
           ctx.note(`left out ${e.deviceId}: an ${e.chip}, the app is for ${summary.index.chip}`);
-        ctx.print(
-          `release ${summary.releaseId}: ${summary.built.length} device(s) built, ${summary.skipped.length} already done; ${summary.index.devices.length} manifest(s), index ${o.out.replace(/\/+$/, "")}/index.json`,
-        );
+        const indexPath = `${o.out.replace(/\/+$/, "")}/index.json`;
+        if (o.json) {
+          const { index, ...rest } = summary;
+          ctx.print(JSON.stringify({ ...rest, index: indexPath, manifests: index.devices.length }));
+        } else
+          ctx.print(
+            `release ${summary.releaseId}: ${summary.built.length} device(s) built, ${summary.skipped.length} already done; ${summary.index.devices.length} manifest(s), index ${indexPath}`,
+          );
       } finally {
         progress.stop();
       }

@@ -4,37 +4,57 @@
  * the MQTT side in src/rollout/runner.ts; this file reads the release directory, connects, draws
  * the live view and maps the outcome to an exit code (0 completed, 1 aborted).
  */
+import { hostname } from "node:os";
 import { join, resolve } from "node:path";
 import { type Command, InvalidArgumentError, Option } from "commander";
 import type { MqttClient } from "mqtt";
+import { TIMER_MAX_MS } from "../../duration.js";
 import { EspOtaError } from "../../errors.js";
 import type { GatewayTrust } from "../../mqtt/status-auth.js";
 import { topics as makeTopics, type Topics } from "../../mqtt/topics.js";
 import { isBaseUrl } from "../../release/build-plan.js";
-import { createRollout, type RolloutEvent, summarize } from "../../rollout/machine.js";
-import { ownerLive, type RolloutState } from "../../rollout/messages.js";
+import {
+  createRollout,
+  notApplicable,
+  type RolloutEvent,
+  summarize,
+} from "../../rollout/machine.js";
+import {
+  type ControlAction,
+  type OwnerProbe,
+  ownerGone,
+  ownerLive,
+  type RolloutOwner,
+  type RolloutState,
+} from "../../rollout/messages.js";
 import {
   baseUrlFromVariant,
   checkIndex,
   defaultRolloutId,
   isRolloutId,
-  parseDurationMs,
   parsePercent,
   parseWaves,
   type RolloutIndex,
   selectDevices,
 } from "../../rollout/plan.js";
 import {
-  applyUnowned,
+  controlRollout,
   DEFAULT_HEARTBEAT_MS,
   listRollouts,
   loadRollout,
   type RolloutRunner,
   runRollout,
-  sendControl,
   watchState,
 } from "../../rollout/runner.js";
-import { eventLine, renderList, renderLive, renderSummary } from "../../rollout/view.js";
+import {
+  eventLine,
+  renderList,
+  renderLive,
+  renderSummary,
+  watchLinePrinter,
+} from "../../rollout/view.js";
+import { printable } from "../../text.js";
+import { durationArg } from "../args.js";
 import {
   addBrokerOptions,
   type BrokerCliOptions,
@@ -192,7 +212,7 @@ async function drive(
   }
 }
 
-function readIndex(ctx: CliContext, dir: string): RolloutIndex {
+export function readIndex(ctx: CliContext, dir: string): RolloutIndex {
   let value: unknown;
   try {
     value = JSON.parse(ctx.readText(join(dir, "index.json")));
@@ -210,7 +230,7 @@ function readIndex(ctx: CliContext, dir: string): RolloutIndex {
 }
 
 /** The base URL `release build` was given, from the first manifest's first variant URL. */
-function deriveBaseUrl(ctx: CliContext, dir: string, index: RolloutIndex): string {
+export function deriveBaseUrl(ctx: CliContext, dir: string, index: RolloutIndex): string {
   const first = index.devices[0];
   if (!first) throw new EspOtaError("E_ROLLOUT_DEVICES", `${dir}/index.json lists no devices`);
   let url: unknown;
@@ -239,6 +259,12 @@ function deriveBaseUrl(ctx: CliContext, dir: string, index: RolloutIndex): strin
   return base;
 }
 
+interface ControlCliOptions extends BrokerCliOptions {
+  reason?: string;
+  timeout: number;
+  json?: boolean;
+}
+
 interface StartCliOptions extends BrokerCliOptions {
   release: string;
   id?: string;
@@ -257,9 +283,9 @@ interface StartCliOptions extends BrokerCliOptions {
 const heartbeatOption = () =>
   new Option(
     "--heartbeat <duration>",
-    "how often the owning process refreshes its heartbeat in the retained state; 10s by default: another machine may take over after 3 missed beats (30 s)",
+    "how often the owning process refreshes its heartbeat in the retained state; another machine may take over after 3 missed beats",
   )
-    .argParser(usage(parseDurationMs))
+    .argParser(durationArg(TIMER_MAX_MS))
     .default(DEFAULT_HEARTBEAT_MS, "10s");
 
 export function registerRollout(parent: Command, ctx: CliContext): void {
@@ -286,30 +312,34 @@ export function registerRollout(parent: Command, ctx: CliContext): void {
         "comma-separated device ids, in rollout order (canaries first); default: every device in index.json, in its order",
       )
       .option("--all", "every device in index.json (the default)")
-      .option(
-        "--waves <list>",
-        "cumulative percentages of the devices per wave, the last 100%; default a canary of 1% (at least one device), then 10%, 50%, all",
-        usage(parseWaves),
-        [1, 10, 50, 100],
+      .addOption(
+        new Option(
+          "--waves <list>",
+          "cumulative percentages of the devices per wave, the last 100%; the first wave is the canary (at least one device)",
+        )
+          .argParser(usage(parseWaves))
+          .default([1, 10, 50, 100], "1%,10%,50%,100%"),
       )
-      .option(
-        "--max-failure-rate <pct>",
-        "abort when (failed + rolled-back) / finished exceeds this; default 5%",
-        usage(parsePercent),
-        5,
+      .addOption(
+        new Option(
+          "--max-failure-rate <pct>",
+          "abort when (failed + rolled-back) / finished exceeds this percentage",
+        )
+          .argParser(usage(parsePercent))
+          .default(5, "5%"),
       )
       .option(
         "--min-sample <n>",
-        "judge the failure rate only once this many devices finished; default 1, so a failing canary stops the rollout",
+        "judge the failure rate only once this many devices finished; 1 so that a failing canary stops the rollout",
         usage((v) => (/^[1-9]\d*$/.test(v) ? Number(v) : `"${v}" is not a whole number >= 1`)),
         1,
       )
       .addOption(
         new Option(
           "--wave-timeout <duration>",
-          "pause (not advance) when a wave has not finished this long after it started; default 30m, an update over a slow UART plus a reboot and a confirmation",
+          "pause (not advance) when a wave has not finished this long after it started; long enough for an update over a slow UART plus a reboot and a confirmation",
         )
-          .argParser(usage(parseDurationMs))
+          .argParser(durationArg(TIMER_MAX_MS))
           .default(30 * 60_000, "30m"),
       )
       .addOption(heartbeatOption())
@@ -419,8 +449,12 @@ export function registerRollout(parent: Command, ctx: CliContext): void {
         )
         .argument("<id>", "rollout id", rolloutIdArg)
         .option("--reason <text>", "recorded in the rollout state")
+        .option(
+          "--json",
+          "print the rollout's summary afterwards as JSON (as `rollout status --json`)",
+        )
         .addOption(controlTimeoutOption()),
-    ).action(async (id: string, o: BrokerCliOptions & { reason?: string; timeout: number }) => {
+    ).action(async (id: string, o: ControlCliOptions) => {
       await withBroker(ctx, o, async (client, topics) => {
         const state = await mustLoad(client, topics, id);
         if (state.state === "completed" || state.state === "aborted")
@@ -428,20 +462,20 @@ export function registerRollout(parent: Command, ctx: CliContext): void {
             rolloutId: id,
           });
         if (action === "pause" && state.state === "paused") {
-          ctx.print(`rollout ${id} is already paused (${state.reason?.kind})`);
+          if (o.json) ctx.print(JSON.stringify(summarize(state), null, 2));
+          else ctx.print(`rollout ${id} is already paused (${state.reason?.kind})`);
           return;
         }
-        const reached = (s: RolloutState) =>
-          action === "pause" ? s.state !== "running" : s.state === "aborted";
-        const after = await control(ctx, client, topics, state, {
+        const { state: after } = await control(ctx, client, topics, state, {
           action,
           ...(o.reason === undefined ? {} : { reason: o.reason }),
           timeoutMs: o.timeout,
-          reached,
         });
-        ctx.print(
-          `rollout ${id}: ${after.state}${after.reason ? ` (${after.reason.kind}: ${after.reason.message})` : ""}`,
-        );
+        if (o.json) ctx.print(JSON.stringify(summarize(after), null, 2));
+        else
+          ctx.print(
+            `rollout ${id}: ${after.state}${after.reason ? ` (${after.reason.kind}: ${after.reason.message})` : ""}`,
+          );
       });
     });
   }
@@ -468,21 +502,31 @@ export function registerRollout(parent: Command, ctx: CliContext): void {
           throw new EspOtaError("E_ROLLOUT_FINISHED", `rollout ${id} already ${state.state}`, {
             rolloutId: id,
           });
-        if (ownerLive(state, Date.now())) {
+        const gone = ownerGone(state, Date.now(), processAlive);
+        if (gone === undefined) {
           if (state.state === "running") {
-            ctx.print(
-              `rollout ${id} is running (owned by ${state.owner!.host}:${state.owner!.pid})`,
-            );
+            const owned = `rollout ${id} is running (owned by ${state.owner!.host}:${state.owner!.pid})`;
+            if (o.json) {
+              ctx.note(owned);
+              ctx.print(JSON.stringify(summarize(state), null, 2));
+            } else ctx.print(owned);
             return;
           }
-          const after = await control(ctx, client, topics, state, {
+          const { state: after } = await control(ctx, client, topics, state, {
             action: "resume",
             timeoutMs: o.timeout,
-            reached: (s) => s.state !== "paused",
           });
-          ctx.print(`rollout ${id}: ${after.state}`);
+          if (o.json) ctx.print(JSON.stringify(summarize(after), null, 2));
+          else ctx.print(`rollout ${id}: ${after.state}`);
           return;
         }
+        // Say what this process does: it resumes a paused rollout, or it takes over a running
+        // one whose owner is gone (the runner applies `resume` only to a paused one).
+        ctx.note(
+          state.state === "paused"
+            ? `rollout ${id}: resuming it here (${gone})`
+            : `rollout ${id}: taking it over (${gone})`,
+        );
         await drive(ctx, client, topics, state, {
           resume: true,
           wait: o.wait,
@@ -494,6 +538,53 @@ export function registerRollout(parent: Command, ctx: CliContext): void {
     },
   );
 
+  for (const action of ["retry-failed", "next-wave"] as const) {
+    addBrokerOptions(
+      rollout
+        .command(action)
+        .description(
+          action === "retry-failed"
+            ? 'Notify again, with a re-issued notice, only the devices whose last status for the rollout is failed; the rollout runs again even if it aborted (docs/rollouts.md "Retry the failed"). Sent to the process that runs it; if none does, this process applies it and runs the rollout until it ends.'
+            : "Start the next wave now, without waiting for the current one to finish (a paused rollout runs again). Sent to the process that runs it; if none does, this process applies it and runs the rollout until it ends.",
+        )
+        .argument("<id>", "rollout id", rolloutIdArg)
+        .addOption(controlTimeoutOption())
+        .addOption(heartbeatOption())
+        .option("--no-wait", "apply it, publish what is due, and exit")
+        .option("--json", "print the summary afterwards as JSON on stdout"),
+    ).action(
+      async (
+        id: string,
+        o: BrokerCliOptions & { timeout: number; heartbeat: number; wait: boolean; json?: boolean },
+      ) => {
+        await withBroker(ctx, o, async (client, topics) => {
+          const state = await mustLoad(client, topics, id);
+          const why = notApplicable(action, state);
+          if (why)
+            throw new EspOtaError("E_ROLLOUT_NOT_APPLICABLE", `rollout ${id}: ${why}`, {
+              rolloutId: id,
+            });
+          const r = await control(ctx, client, topics, state, { action, timeoutMs: o.timeout });
+          if (!r.appliedHere || r.state.state !== "running") {
+            if (o.json) ctx.print(JSON.stringify(summarize(r.state), null, 2));
+            else
+              ctx.print(
+                `rollout ${id}: ${r.state.state}, wave ${r.state.currentWave + 1}/${r.state.waves.length}`,
+              );
+            return;
+          }
+          // Applied here and running again: nobody else runs it, so this process does.
+          await drive(ctx, client, topics, r.state, {
+            wait: o.wait,
+            ...(o.json ? { json: true } : {}),
+            heartbeatMs: o.heartbeat,
+            gateways: gatewaysFromCli(ctx, o),
+          });
+        });
+      },
+    );
+  }
+
   addBrokerOptions(
     rollout
       .command("list")
@@ -502,19 +593,24 @@ export function registerRollout(parent: Command, ctx: CliContext): void {
   ).action(async (o: BrokerCliOptions & { json?: boolean }) => {
     await withBroker(ctx, o, async (client, topics) => {
       const { states, invalid } = await listRollouts(client, topics);
-      for (const i of invalid) ctx.note(`warning: ${i.topic}: ${i.reason}`);
+      // Topic and reason come from whoever published there: printed escaped (src/text.ts).
+      for (const i of invalid) ctx.note(`warning: ${printable(i.topic)}: ${printable(i.reason)}`);
       if (o.json) {
         ctx.print(
           JSON.stringify(
             states.map((s) => {
               const { devices: _d, ...rest } = summarize(s);
-              return { ...rest, owner: s.owner ?? null, ownerLive: ownerLive(s, Date.now()) };
+              return {
+                ...rest,
+                owner: s.owner ?? null,
+                ownerLive: ownerLive(s, Date.now(), processAlive),
+              };
             }),
             null,
             2,
           ),
         );
-      } else for (const line of renderList(states, Date.now())) ctx.print(line);
+      } else for (const line of renderList(states, Date.now(), processAlive)) ctx.print(line);
     });
   });
 }
@@ -522,14 +618,29 @@ export function registerRollout(parent: Command, ctx: CliContext): void {
 function controlTimeoutOption(): Option {
   return new Option(
     "--timeout <duration>",
-    "how long to wait for the owning process to apply it; 10s by default (it applies control messages as they arrive)",
+    "how long to wait for the owning process to apply it (it applies control messages as they arrive)",
   )
-    .argParser(usage(parseDurationMs))
+    .argParser(durationArg(TIMER_MAX_MS))
     .default(10_000, "10s");
 }
 
+/**
+ * An owner on this host, looked at directly: signal 0 checks that the pid exists without
+ * signalling it (kill(2)); EPERM means it exists under another user. An owner on another host
+ * is judged by its heartbeat alone (undefined).
+ */
+const processAlive: OwnerProbe = (owner: RolloutOwner) => {
+  if (owner.host !== hostname() || owner.pid <= 0) return undefined;
+  try {
+    process.kill(owner.pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM";
+  }
+};
+
 function refuseIfOwned(state: RolloutState, now: number): void {
-  if (ownerLive(state, now))
+  if (ownerLive(state, now, processAlive))
     throw new EspOtaError(
       "E_ROLLOUT_BUSY",
       `rollout ${state.rolloutId} is run by ${state.owner!.host} pid ${state.owner!.pid} (heartbeat ${state.owner!.heartbeatAt})`,
@@ -538,47 +649,28 @@ function refuseIfOwned(state: RolloutState, now: number): void {
 }
 
 /**
- * Pause/resume/abort: to the owning process over the control topic, confirmed by its retained
- * state; when no process owns the rollout (stale heartbeat), applied here directly.
+ * An operator action: to the owning process over the control topic, confirmed by its retained
+ * state; when no process owns the rollout (stale heartbeat), applied here directly
+ * (runner.ts controlRollout, which the console uses too).
  */
 async function control(
   ctx: CliContext,
   client: MqttClient,
   topics: Topics,
   state: RolloutState,
-  o: {
-    action: "pause" | "resume" | "abort";
-    reason?: string;
-    timeoutMs: number;
-    reached: (s: RolloutState) => boolean;
-  },
-): Promise<RolloutState> {
-  const now = Date.now();
-  if (!ownerLive(state, now)) {
-    const input =
-      o.action === "resume"
-        ? ({ type: "resume", now } as const)
-        : ({
-            type: o.action,
-            now,
-            ...(o.reason === undefined ? {} : { reason: o.reason }),
-          } as const);
-    const r = await applyUnowned(client, topics, state, input);
-    for (const e of r.events) ctx.note(eventLine(e));
-    ctx.note(`no process runs rollout ${state.rolloutId}: applied here`);
-    return r.state;
-  }
-  const w = watchState(client, topics, state.rolloutId, o.reached, o.timeoutMs);
-  await w.ready;
-  await sendControl(client, topics, state.rolloutId, {
-    format: 1,
+  o: { action: ControlAction; reason?: string; timeoutMs: number },
+): Promise<{ state: RolloutState; appliedHere: boolean }> {
+  const r = await controlRollout(client, topics, state, {
     action: o.action,
     ...(o.reason === undefined ? {} : { reason: o.reason }),
-    at: new Date(now).toISOString(),
+    timeoutMs: o.timeoutMs,
+    owned: ownerLive(state, Date.now(), processAlive),
   });
-  const after = await w.result;
-  if (!after) throw new TypeError("control: the watch ended without a state");
-  return after;
+  if (r.appliedHere) {
+    for (const e of r.events) ctx.note(eventLine(e));
+    ctx.note(`no process runs rollout ${state.rolloutId}: applied here`);
+  }
+  return r;
 }
 
 /** `status --watch`: prints every retained change until the rollout ends or a signal stops it. */
@@ -591,22 +683,33 @@ async function watch(
 ): Promise<RolloutState> {
   let drawn = 0;
   let last = first;
+  // Each form is written only when what it shows changed (issue 13 item 11): most retained
+  // changes (a device's next step, an idle status's seq) leave the pipe's line, or a summary
+  // but for its updatedAt, as it was.
+  const pipeLine = watchLinePrinter();
+  let shown: string | undefined;
   const show = (s: RolloutState) => {
     last = s;
-    if (json) return ctx.print(JSON.stringify(summarize(s)));
+    if (json) {
+      const sum = summarize(s);
+      const { updatedAt: _, ...doc } = sum;
+      const key = JSON.stringify(doc);
+      if (key !== shown) ctx.print(JSON.stringify(sum));
+      shown = key;
+      return;
+    }
     if (ctx.stdout.isTTY) {
-      if (drawn > 0) ctx.stdout.write(`\x1b[${drawn}A\x1b[0J`);
       const lines = renderLive(s);
-      ctx.stdout.write(`${lines.join("\n")}\n`);
+      const key = lines.join("\n");
+      if (key === shown) return;
+      shown = key;
+      if (drawn > 0) ctx.stdout.write(`\x1b[${drawn}A\x1b[0J`);
+      ctx.stdout.write(`${key}\n`);
       drawn = lines.length;
       return;
     }
-    const sum = summarize(s);
-    const counts = Object.entries(sum.counts)
-      .filter(([, n]) => n > 0)
-      .map(([b, n]) => `${b} ${n}`)
-      .join(", ");
-    ctx.print(`${s.updatedAt} ${s.state} wave ${s.currentWave + 1}/${s.waves.length}: ${counts}`);
+    const line = pipeLine(s);
+    if (line !== undefined) ctx.print(line);
   };
   show(first);
   const ended = (s: RolloutState) => s.state === "completed" || s.state === "aborted";

@@ -8,34 +8,25 @@
 import { resolve } from "node:path";
 import { type Command, Option } from "commander";
 import { EspOtaError, isEspOtaError } from "../../errors.js";
-import {
-  generateSigningKeyPem,
-  parseSigningKey,
-  publicKeyPem,
-  type SigningKey,
-  type SigningScheme,
-} from "../../esp/keys.js";
-import {
-  digestPrivateKeyV1,
-  extractPublicKeyV1,
-  SBV1_BLOCK_LENGTH,
-  signDataV1,
-  type VerifyResult,
-  verifySignedV1,
-} from "../../esp/secure-boot-v1.js";
-import {
-  appendSignaturesV2,
-  paddingV2,
-  publicKeyDigestV2,
-  SIG_BLOCK_MAX_COUNT,
-  SIG_BLOCK_SIZE,
-  SIG_BLOCK_VERSION_RSA,
-  SIG_SECTOR_SIZE,
-  signatureInfoV2Lines,
-  signDataV2,
-  verifySignedV2Report,
-} from "../../esp/secure-boot-v2.js";
+import type { SigningKey, SigningScheme } from "../../esp/keys.js";
+import type { VerifyResult } from "../../esp/secure-boot-v1.js";
 import type { CliContext } from "../context.js";
+
+/**
+ * The signing code, imported before a verb of this file runs rather than with the module:
+ * keys.ts pulls in @noble/curves, most of what `esp-ota secure --help` would otherwise load
+ * (issue 13 item 7; docs/benchmarks.md "CLI start-up").
+ */
+let keys: typeof import("../../esp/keys.js");
+let sbv1: typeof import("../../esp/secure-boot-v1.js");
+let sbv2: typeof import("../../esp/secure-boot-v2.js");
+async function loadSigning(): Promise<void> {
+  [keys, sbv1, sbv2] = await Promise.all([
+    import("../../esp/keys.js"),
+    import("../../esp/secure-boot-v1.js"),
+    import("../../esp/secure-boot-v2.js"),
+  ]);
+}
 
 type Version = "1" | "2";
 const VERSIONS = ["1", "2"] as const;
@@ -45,7 +36,7 @@ const SCHEMES = ["rsa3072", "ecdsa192", "ecdsa256", "ecdsa384"] as const;
 function loadKey(ctx: CliContext, path: string): SigningKey {
   const bytes = ctx.readFile(path);
   try {
-    return parseSigningKey(bytes);
+    return keys.parseSigningKey(bytes);
   } catch (e) {
     if (isEspOtaError(e))
       throw new EspOtaError(e.code, `${path}: ${e.message}`, { ...e.context, path }, e);
@@ -78,6 +69,7 @@ function curveName(scheme: SigningScheme): string {
 }
 
 export function registerSecureSign(parent: Command, ctx: CliContext): void {
+  const others = new Set(parent.commands);
   parent
     .command("generate-signing-key")
     .alias("generate_signing_key")
@@ -107,7 +99,7 @@ export function registerSecureSign(parent: Command, ctx: CliContext): void {
       } else {
         scheme = o.scheme ?? "rsa3072";
       }
-      ctx.createSecretFile(keyfile, generateSigningKeyPem(scheme));
+      ctx.createSecretFile(keyfile, keys.generateSigningKeyPem(scheme));
       ctx.print(`${curveName(scheme)} private key in PEM format written to "${keyfile}".`);
     });
 
@@ -130,7 +122,7 @@ export function registerSecureSign(parent: Command, ctx: CliContext): void {
     .action((out: string, o: { version: Version; keyfile: string }) => {
       checkNotSame(ctx, o.keyfile, out);
       const key = loadKey(ctx, o.keyfile);
-      ctx.writeFile(out, o.version === "1" ? extractPublicKeyV1(key) : publicKeyPem(key));
+      ctx.writeFile(out, o.version === "1" ? sbv1.extractPublicKeyV1(key) : keys.publicKeyPem(key));
       ctx.print(`"${o.keyfile}" public key extracted to "${out}".`);
     });
 
@@ -146,7 +138,7 @@ export function registerSecureSign(parent: Command, ctx: CliContext): void {
       checkNotSame(ctx, o.keyfile, o.output);
       const key = loadKey(ctx, o.keyfile);
       ctx.print(`Writing the public key digest of "${o.keyfile}" to "${o.output}".`);
-      ctx.writeFile(o.output, publicKeyDigestV2(key));
+      ctx.writeFile(o.output, sbv2.publicKeyDigestV2(key));
     });
 
   parent
@@ -166,7 +158,7 @@ export function registerSecureSign(parent: Command, ctx: CliContext): void {
     .action((out: string, o: { keyfile: string; keylen: "192" | "256" }) => {
       checkNotSame(ctx, o.keyfile, out);
       const key = loadKey(ctx, o.keyfile);
-      ctx.writeFile(out, digestPrivateKeyV1(key, o.keylen === "192" ? 192 : 256), 0o600);
+      ctx.writeFile(out, sbv1.digestPrivateKeyV1(key, o.keylen === "192" ? 192 : 256), 0o600);
       const truncated = o.keylen === "192" ? " (truncated to 192 bits)" : "";
       ctx.print(`SHA-256 digest of private key "${o.keyfile}"${truncated} written to "${out}".`);
     });
@@ -216,7 +208,7 @@ export function registerSecureSign(parent: Command, ctx: CliContext): void {
         if (o.version === "1") {
           if (keyfiles.length > 1)
             throw new EspOtaError("E_USAGE", "Secure Boot V1 only supports one signing key.");
-          ctx.writeFile(output, signDataV1(data, loadKey(ctx, keyfiles[0]!)));
+          ctx.writeFile(output, sbv1.signDataV1(data, loadKey(ctx, keyfiles[0]!)));
           ctx.print(`Signed ${data.length} bytes of data from "${datafile}".`);
           return;
         }
@@ -252,16 +244,18 @@ export function registerSecureSign(parent: Command, ctx: CliContext): void {
       const key = loadKey(ctx, o.keyfile);
       const signed = ctx.readFile(datafile);
       if (o.version === "1") {
-        const result = verifySignedV1(signed, key);
+        const result = sbv1.verifySignedV1(signed, key);
         // espsecure prints this after reading the block's version word, before the ECDSA check.
         if (result.ok || result.code === "E_SIG_MISMATCH") {
-          ctx.print(`Verifying ${signed.length - SBV1_BLOCK_LENGTH} bytes of data...`);
+          ctx.print(`Verifying ${signed.length - sbv1.SBV1_BLOCK_LENGTH} bytes of data...`);
         }
         if (!result.ok) failed(result);
         ctx.print("Signature is valid.");
         return;
       }
-      const report = verifySignedV2Report(signed, key, { skipPadding: o.skipPadding === true });
+      const report = sbv2.verifySignedV2Report(signed, key, {
+        skipPadding: o.skipPadding === true,
+      });
       const keyType = key.scheme === "rsa3072" ? "RSA" : "ECDSA";
       for (const b of report.blocks) {
         if (b.outcome === "absent") {
@@ -296,8 +290,10 @@ export function registerSecureSign(parent: Command, ctx: CliContext): void {
     )
     .argument("<datafile>", "the V2 signed file")
     .action((datafile: string) => {
-      signatureInfoV2Lines(ctx.readFile(datafile), (line) => ctx.print(line));
+      sbv2.signatureInfoV2Lines(ctx.readFile(datafile), (line) => ctx.print(line));
     });
+
+  for (const verb of parent.commands) if (!others.has(verb)) verb.hook("preAction", loadSigning);
 }
 
 function signV2(
@@ -310,28 +306,28 @@ function signV2(
 ): void {
   const keys = keyfiles.map((k) => loadKey(ctx, k));
   // espsecure checks the block count after looking at the existing blocks; the message is the same.
-  if (keys.length > SIG_BLOCK_MAX_COUNT) {
+  if (keys.length > sbv2.SIG_BLOCK_MAX_COUNT) {
     throw new EspOtaError(
       "E_SIG_SECTOR_FULL",
-      `Number of keys (${keys.length}) more than the empty signature blocks (${SIG_BLOCK_MAX_COUNT}).`,
+      `Number of keys (${keys.length}) more than the empty signature blocks (${sbv2.SIG_BLOCK_MAX_COUNT}).`,
     );
   }
   let signed: Uint8Array;
   let blocks = keys.length;
-  const aligned = data.length % SIG_SECTOR_SIZE === 0;
+  const aligned = data.length % sbv2.SIG_SECTOR_SIZE === 0;
   if (o.append && aligned && data.length > 0) {
     // espsecure only appends to a sector-aligned file; an unaligned one is padded and signed afresh.
-    const r = appendSignaturesV2(data, keys);
+    const r = sbv2.appendSignaturesV2(data, keys);
     if (r.keptBlocks === 0) {
       ctx.print(
         "No valid signature blocks found. Discarding --append-signature and proceeding to sign the image afresh.",
       );
     } else {
-      const sectorAt = data.length - SIG_SECTOR_SIZE;
+      const sectorAt = data.length - sbv2.SIG_SECTOR_SIZE;
       for (let i = 0; i < r.keptBlocks; i++) {
-        const version = data[sectorAt + i * SIG_BLOCK_SIZE + 1];
+        const version = data[sectorAt + i * sbv2.SIG_BLOCK_SIZE + 1];
         ctx.print(
-          `Signature block ${i} is valid (${version === SIG_BLOCK_VERSION_RSA ? "RSA" : "ECDSA"}).`,
+          `Signature block ${i} is valid (${version === sbv2.SIG_BLOCK_VERSION_RSA ? "RSA" : "ECDSA"}).`,
         );
       }
       ctx.print(
@@ -346,14 +342,14 @@ function signV2(
       ctx.print("Skipping sector padding. Data contents are not sector aligned.");
     } else if (!aligned) {
       ctx.print(
-        `Padding data contents by ${paddingV2(data.length)} bytes so signature sector aligns at sector boundary.`,
+        `Padding data contents by ${sbv2.paddingV2(data.length)} bytes so signature sector aligns at sector boundary.`,
       );
     }
     ctx.print(`${keys.length} signing key(s) found.`);
-    signed = signDataV2(data, keys, { skipPadding: o.skipPadding });
+    signed = sbv2.signDataV2(data, keys, { skipPadding: o.skipPadding });
   }
   ctx.writeFile(output, signed);
   ctx.print(
-    `Signed ${signed.length - SIG_SECTOR_SIZE} bytes of data from "${datafile}". Signature sector now has ${blocks} signature blocks.`,
+    `Signed ${signed.length - sbv2.SIG_SECTOR_SIZE} bytes of data from "${datafile}". Signature sector now has ${blocks} signature blocks.`,
   );
 }

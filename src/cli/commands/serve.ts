@@ -18,7 +18,7 @@ export function registerServe(parent: Command, ctx: CliContext): void {
     .option("--port <n>", "TCP port; 0 picks a free one (printed)", parseIntArg, 8080)
     .option(
       "--host <addr>",
-      "address to listen on; loopback by default so nothing is exposed by accident",
+      "address to listen on; loopback so that nothing is exposed by accident",
       "127.0.0.1",
     )
     .option("--quiet", "no line per request")

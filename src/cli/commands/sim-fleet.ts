@@ -4,11 +4,13 @@
  * and N secure devices that `release build` output boots on; `serve` puts them all on ptys.
  */
 import { type Command, Option } from "commander";
+import { TIMER_MAX_MS } from "../../duration.js";
 import { EspOtaError } from "../../errors.js";
 import { SECURE_BOOT_CHOICES, type SecureBootChoice } from "../../release/keyring-fs.js";
 import { deviceIdFromMac } from "../../release/registry.js";
 import { APP_BEHAVIOURS, type AppBehaviour } from "../../sim/device.js";
 import type { SimChip } from "../../sim/efuse.js";
+import { parseFaults } from "../../sim/fault-port.js";
 import {
   createFleet,
   type FleetDeviceSpec,
@@ -17,8 +19,7 @@ import {
   loadFleetDevice,
 } from "../../sim/fleet.js";
 import { serveFleet } from "../../sim/fleet-serve.js";
-import { parseFaults } from "../../uart/fault-port.js";
-import { choice, parseIntArg } from "../args.js";
+import { choice, durationArg, parseIntArg, parseSizeArg } from "../args.js";
 import type { CliContext } from "../context.js";
 
 const collect = (v: string, acc: string[]) => [...acc, v];
@@ -47,7 +48,14 @@ export function registerSimFleet(sim: Command, ctx: CliContext): void {
       "esp32",
     )
     .option("--app-version <v>", "version of the initial app", "1.0.0")
-    .option("--app-size <bytes>", "size of the synthetic app (K/M suffixes)", parseIntArg, 0x10000)
+    .addOption(
+      new Option(
+        "--app-size <bytes>",
+        "approximate size of the synthetic app (K/M suffixes, decimal fractions: 64K, 1.3M)",
+      )
+        .argParser(parseSizeArg)
+        .default(0x10000, "64K"),
+    )
     .option(
       "--secure-boot <scheme>",
       `${SECURE_BOOT_CHOICES.join(", ")} (default: v1 for an all-ESP32 fleet, else v2-rsa3072)`,
@@ -55,11 +63,12 @@ export function registerSimFleet(sim: Command, ctx: CliContext): void {
     )
     .option("--secure-version <n>", "eFuse and initial app secure_version", parseIntArg, 1)
     .option(
-      "--behaviour <device=version:profile>",
-      `how a device (index or id) behaves running a version: ${APP_BEHAVIOURS.join(", ")}; repeatable`,
+      "--behaviour <device:version=profile>",
+      `how a device (index or id) behaves running a version, as sim create's VERSION=PROFILE with the device first: ${APP_BEHAVIOURS.join(", ")}; repeatable`,
       collect,
       [] as string[],
     )
+    .option("--json", "the fleet (directories, secure boot, devices) as one JSON object on stdout")
     .action((o) => {
       if (!Number.isInteger(o.count) || o.count < 1 || o.count > MAX_COUNT)
         throw new EspOtaError("E_USAGE", `--count ${o.count}: expected 1..${MAX_COUNT}`);
@@ -79,7 +88,8 @@ export function registerSimFleet(sim: Command, ctx: CliContext): void {
         secureVersion: o.secureVersion,
         ...(o.secureBoot ? { secureBoot: o.secureBoot as SecureBootChoice } : {}),
       });
-      for (const d of f.devices) ctx.print(`${d.deviceId} ${d.chip} ${d.stateFile}`);
+      if (o.json) ctx.print(JSON.stringify(f, null, 2));
+      else for (const d of f.devices) ctx.print(`${d.deviceId} ${d.chip} ${d.stateFile}`);
       ctx.note(
         `sim fleet: ${f.devices.length} device(s) in ${f.dir}; secure boot ${f.secureBoot}, secure_version ${f.secureVersion}; keyring ${f.keysDir}, registry ${f.registryDir}, trust policy ${f.trustFile}`,
       );
@@ -91,17 +101,30 @@ export function registerSimFleet(sim: Command, ctx: CliContext): void {
       "One line per device: id, chip, state file, and what it boots (booted on a copy; nothing is saved).",
     )
     .requiredOption("--dir <dir>", "fleet directory")
+    .option("--json", "one JSON array of {deviceId, chip, stateFile, boots}")
     .action((o) => {
       const f = loadFleet(o.dir);
-      for (const d of f.devices) {
-        const dev = loadFleetDevice(d);
-        const s = dev.powerOn();
-        const what =
+      const rows = f.devices.map((d) => {
+        const s = loadFleetDevice(d).powerOn();
+        const boots =
           s.kind === "running"
-            ? `runs ${s.app?.version ?? "?"} from ${s.partition.label}`
+            ? { kind: s.kind, partition: s.partition.label, version: s.app?.version ?? null }
             : s.kind === "crash-loop"
-              ? `crash loop in ${s.partition.label}`
-              : s.kind;
+              ? { kind: s.kind, partition: s.partition.label }
+              : { kind: s.kind };
+        return { ...d, boots };
+      });
+      if (o.json) {
+        ctx.print(JSON.stringify(rows, null, 2));
+        return;
+      }
+      for (const { boots: b, ...d } of rows) {
+        const what =
+          b.kind === "running"
+            ? `runs ${b.version ?? "?"} from ${b.partition}`
+            : b.kind === "crash-loop"
+              ? `crash loop in ${b.partition}`
+              : b.kind;
         ctx.print(`${d.deviceId} ${d.chip} ${d.stateFile} ${what}`);
       }
     });
@@ -113,7 +136,7 @@ export function registerSimFleet(sim: Command, ctx: CliContext): void {
     )
     .requiredOption("--dir <dir>", "fleet directory")
     .requiredOption("--links <dir>", "directory for the host ends (tty-<deviceId> links)")
-    .option("--baud <rate>", "console baud rate (default 115200)", parseIntArg, 115200)
+    .option("--baud <rate>", "console baud rate", parseIntArg, 115200)
     .addOption(
       new Option(
         "--fault <options>",
@@ -127,7 +150,11 @@ export function registerSimFleet(sim: Command, ctx: CliContext): void {
       "iram",
     )
     .option("--log", "copy every device's UART0 lines to stderr, prefixed with its id", false)
-    .option("--duration <ms>", "stop after this long (default: until SIGINT/SIGTERM)", parseIntArg)
+    .option(
+      "--duration <time>",
+      "stop after this long (10s, 500ms; without it, until SIGINT/SIGTERM)",
+      durationArg(TIMER_MAX_MS),
+    )
     .action(async (o) => {
       const f = loadFleet(o.dir);
       const server = await serveFleet(f.devices, {
@@ -155,19 +182,42 @@ export function registerSimFleet(sim: Command, ctx: CliContext): void {
     });
 }
 
-/** `DEVICE=VERSION:PROFILE`, DEVICE an index (0-based) or a device id / MAC of the default sequence. */
+/**
+ * `VERSION=PROFILE`: how an app version behaves, the one syntax of `sim create --behaviour` and,
+ * after `DEVICE:`, of `sim fleet create --behaviour` (issue 13 item 8: the fleet's used to be
+ * `DEVICE=VERSION:PROFILE`, the same `=` meaning something else). The version is everything
+ * before the last `=`; null when item is not of that form.
+ */
+export function parseVersionBehaviour(
+  item: string,
+): { version: string; behaviour: AppBehaviour } | null {
+  const m = /^(.+)=([a-z-]+)$/.exec(item);
+  if (!m || !(APP_BEHAVIOURS as readonly string[]).includes(m[2]!)) return null;
+  return { version: m[1]!, behaviour: m[2] as AppBehaviour };
+}
+
+/**
+ * `DEVICE:VERSION=PROFILE`, DEVICE an index (0-based) or the device id or MAC of one of the
+ * default sequence.
+ */
 function parseBehaviour(
   item: string,
   count: number,
 ): { index: number; version: string; behaviour: AppBehaviour } {
-  const m = /^([^=]+)=(.+):([a-z-]+)$/.exec(item);
-  const usage = () =>
-    new EspOtaError(
+  // DEVICE ends at the first colon, unless it is a MAC written with colons (24:0a:c4:fe:00:02).
+  const mac = /^[0-9a-f]{2}(?::[0-9a-f]{2}){5}:/i.exec(item);
+  const colon = mac ? mac[0].length - 1 : item.indexOf(":");
+  const vb = colon > 0 ? parseVersionBehaviour(item.slice(colon + 1)) : null;
+  if (!vb) {
+    const old = /^[^=:]+=[^=]+:[a-z-]+$/.test(item)
+      ? " (DEVICE=VERSION:PROFILE was the old form)"
+      : "";
+    throw new EspOtaError(
       "E_USAGE",
-      `--behaviour ${item}: expected DEVICE=VERSION:PROFILE, DEVICE an index (0..${count - 1}) or device id, PROFILE one of ${APP_BEHAVIOURS.join(", ")}`,
+      `--behaviour ${item}: expected DEVICE:VERSION=PROFILE${old}, DEVICE an index (0..${count - 1}) or device id, PROFILE one of ${APP_BEHAVIOURS.join(", ")}`,
     );
-  if (!m || !(APP_BEHAVIOURS as readonly string[]).includes(m[3]!)) throw usage();
-  const ref = m[1]!.trim();
+  }
+  const ref = item.slice(0, colon).trim();
   let index: number;
   if (/^\d{1,5}$/.test(ref)) index = Number(ref);
   else {
@@ -181,5 +231,5 @@ function parseBehaviour(
       "E_FLEET_DEVICE_UNKNOWN",
       `--behaviour ${item}: ${ref} is not one of the ${count} devices`,
     );
-  return { index, version: m[2]!, behaviour: m[3] as AppBehaviour };
+  return { index, ...vb };
 }

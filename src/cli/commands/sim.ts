@@ -2,7 +2,7 @@
  * `esp-ota sim ...`: the device simulator from the command line. A device lives in a state file
  * (eFuses, spec, sparse flash); each command loads it, acts, and saves it back.
  */
-import type { Command } from "commander";
+import { type Command, Option } from "commander";
 import { EspOtaError } from "../../errors.js";
 import { parseSigningKey } from "../../esp/keys.js";
 import { loadPartitionTable, type Partition } from "../../esp/partition-table.js";
@@ -13,9 +13,10 @@ import { formatInspection, inspectDevice } from "../../sim/inspect.js";
 import { applyPreEncryptedUpdate } from "../../sim/ota-update.js";
 import { provisionDevice } from "../../sim/provision.js";
 import { makeSyntheticApp } from "../../sim/synthetic-app.js";
-import { choice, parseIntArg } from "../args.js";
+import { choice, parseIntArg, parseSizeArg } from "../args.js";
 import type { CliContext } from "../context.js";
-import { registerSimFleet } from "./sim-fleet.js";
+import { parseVersionBehaviour, registerSimFleet } from "./sim-fleet.js";
+import { registerSimReplay } from "./sim-replay.js";
 import { registerSimServe } from "./sim-serve.js";
 
 const collect = (v: string, acc: string[]) => [...acc, v];
@@ -191,6 +192,7 @@ export function registerSim(parent: Command, ctx: CliContext): void {
   registerSimDemo(sim, ctx);
   registerSimServe(sim, ctx);
   registerSimFleet(sim, ctx);
+  registerSimReplay(sim, ctx);
 
   sim
     .command("make-app")
@@ -199,11 +201,13 @@ export function registerSim(parent: Command, ctx: CliContext): void {
     .requiredOption("--project <name>", "project name in esp_app_desc_t")
     .requiredOption("--version <version>", "app version string in esp_app_desc_t")
     .option("--secure-version <n>", "anti-rollback secure_version", parseIntArg, 0)
-    .option(
-      "--size <bytes>",
-      "approximate image size (K/M suffixes accepted)",
-      parseIntArg,
-      0x10000,
+    .addOption(
+      new Option(
+        "--size <bytes>",
+        "approximate image size (K/M suffixes, decimal fractions: 64K, 1.3M)",
+      )
+        .argParser(parseSizeArg)
+        .default(0x10000, "64K"),
     )
     .argument("<out>", "output image file")
     .action((out: string, o) => {
@@ -243,14 +247,13 @@ function parseMac(s: string): Uint8Array {
 function parseBehaviours(list: string[]): Record<string, AppBehaviour> {
   const out: Record<string, AppBehaviour> = {};
   for (const item of list) {
-    const m = /^(.+)=(.+)$/.exec(item);
-    if (!m || !(APP_BEHAVIOURS as readonly string[]).includes(m[2]!)) {
+    const vb = parseVersionBehaviour(item);
+    if (!vb)
       throw new EspOtaError(
         "E_USAGE",
-        `--behaviour ${item}: expected VERSION=${APP_BEHAVIOURS.join("|")}`,
+        `--behaviour ${item}: expected VERSION=PROFILE, PROFILE one of ${APP_BEHAVIOURS.join(", ")}`,
       );
-    }
-    out[m[1]!] = m[2] as AppBehaviour;
+    out[vb.version] = vb.behaviour;
   }
   return out;
 }
@@ -261,7 +264,14 @@ export function registerSimDemo(sim: Command, ctx: CliContext): void {
     .description(
       "Two secure simulated devices take a correct update, then the classic mistakes fail safely.",
     )
-    .option("--app-size <bytes>", "size of the demo apps", parseIntArg, 0x40000)
+    .addOption(
+      new Option(
+        "--app-size <bytes>",
+        "approximate size of the demo apps (K/M suffixes, decimal fractions: 256K, 1.3M)",
+      )
+        .argParser(parseSizeArg)
+        .default(0x40000, "256K"),
+    )
     .action((o) => {
       ctx.print(
         "esp-ota-gateway simulator demo: sign the plaintext, then encrypt it for the slot it lands in.",

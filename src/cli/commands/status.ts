@@ -5,6 +5,7 @@
  * messages to the view and prints.
  */
 import { type Command, InvalidArgumentError } from "commander";
+import { TIMER_MAX_MS } from "../../duration.js";
 import { EspOtaError } from "../../errors.js";
 import { type MqttClient, readRetained } from "../../mqtt/client.js";
 import {
@@ -18,7 +19,8 @@ import {
   renderTable,
 } from "../../mqtt/fleet-view.js";
 import { isTopicId, type Topics, topics } from "../../mqtt/topics.js";
-import { parseIntArg } from "../args.js";
+import { quote } from "../../text.js";
+import { durationArg } from "../args.js";
 import {
   addBrokerOptions,
   type BrokerCliOptions,
@@ -57,9 +59,9 @@ export function registerStatus(parent: Command, ctx: CliContext): void {
       "keep watching: redraw on a terminal, else one line per change; until Ctrl-C / SIGTERM",
     )
     .option(
-      "--duration <ms>",
-      "with --watch: stop after watching this long (default: until SIGINT or SIGTERM)",
-      parseIntArg,
+      "--duration <time>",
+      "with --watch: stop after watching this long (10s, 500ms; without it, until SIGINT or SIGTERM)",
+      durationArg(TIMER_MAX_MS),
     )
     .action(async (o: StatusOptions) => {
       if (o.duration !== undefined && !o.watch)
@@ -93,7 +95,8 @@ async function run(
   const problems: string[] = [];
   const feed = (topic: string, payload: Uint8Array): ApplyResult => {
     const r = applyMessage(fleet, topic, payload);
-    if (r.kind === "invalid") problems.push(`${topic}: ${r.code} ${r.reason}`);
+    // What a publisher sent, bounded and escaped before it reaches a terminal (issue 12, defect 8).
+    if (r.kind === "invalid") problems.push(`${quote(topic)}: ${r.code} ${quote(r.reason, 300)}`);
     return r;
   };
   const snapshots = await Promise.all(filters(t, o.device).map((f) => readRetained(client, f)));

@@ -1,0 +1,3 @@
+/* esp_system.h (esp_system) */
+#pragma once
+void esp_restart(void) __attribute__((noreturn));

@@ -1,0 +1,4 @@
+/* esp_timer.h (esp_timer) */
+#pragma once
+#include <stdint.h>
+int64_t esp_timer_get_time(void);

@@ -1,0 +1,8 @@
+/* nvs_flash.h (nvs_flash) */
+#pragma once
+#include "esp_err.h"
+#include "nvs.h"
+#define ESP_ERR_NVS_NO_FREE_PAGES 0x110d
+#define ESP_ERR_NVS_NEW_VERSION_FOUND 0x1110
+esp_err_t nvs_flash_init(void);
+esp_err_t nvs_flash_erase(void);
