@@ -44,6 +44,11 @@ export interface PortSelector {
   vid?: string;
   pid?: string;
   serialNumber?: string;
+  /**
+   * The rescue path for the ports this selects (agent/rescue.ts, docs/operations.md "Rescue").
+   * Absent: off, no reset lines (RESCUE_DEFAULTS).
+   */
+  rescue?: { enabled: boolean; resetLines: boolean };
 }
 
 export type LogLevel = "trace" | "debug" | "info" | "warn" | "error";
@@ -239,6 +244,34 @@ const PortSelectorSchema = Type.Object(
     ),
     serialNumber: Type.Optional(
       Type.String({ minLength: 1, description: "USB serial number string; only with vid" }),
+    ),
+    rescue: Type.Optional(
+      Type.Object(
+        {
+          // Off by default: a rescue overwrites a slot and otadata through the ROM loader
+          // without asking the app, which only an operator who knows the board should allow.
+          enabled: Type.Optional(
+            Type.Boolean({
+              default: false,
+              description:
+                "Allow the rescue path on these ports: a known-good release written raw through the ROM loader (docs/operations.md)",
+            }),
+          ),
+          // Off by default: on a board without esptool's auto-reset circuit, toggling DTR/RTS
+          // does nothing useful, and on some it holds the chip in reset.
+          resetLines: Type.Optional(
+            Type.Boolean({
+              default: false,
+              description:
+                "DTR/RTS are wired to EN/GPIO0 (esptool's auto-reset): the gateway enters download mode and resets the chip itself; otherwise strap GPIO0 by hand",
+            }),
+          ),
+        },
+        {
+          additionalProperties: false,
+          errorMessage: "expected rescue: a mapping with enabled: and resetLines:",
+        },
+      ),
     ),
   },
   {
@@ -1458,6 +1491,14 @@ function normaliseSelector(s: PortSelector, abs: (p: string) => string): PortSel
     ...(typeof s.vid === "string" ? { vid: hex(s.vid) } : {}),
     ...(typeof s.pid === "string" ? { pid: hex(s.pid) } : {}),
     ...(typeof s.serialNumber === "string" ? { serialNumber: s.serialNumber } : {}),
+    ...(isObj(s.rescue)
+      ? {
+          rescue: {
+            enabled: s.rescue.enabled === true,
+            resetLines: s.rescue.resetLines === true,
+          },
+        }
+      : {}),
   };
 }
 

@@ -18,7 +18,7 @@ import {
   fleetView,
   type GatewayRow,
 } from "../mqtt/fleet-view.js";
-import { isFinalState, parseMessage } from "../mqtt/messages.js";
+import { isFinalState, type PresenceHealth, parseMessage } from "../mqtt/messages.js";
 import type { GatewayTrust } from "../mqtt/status-auth.js";
 import { parseTopic } from "../mqtt/topics.js";
 import {
@@ -50,6 +50,14 @@ export const MAX_TRACKED_DEVICES = 20_000;
 export const MAX_ROLLOUTS = 200;
 /** Failing devices listed per rollout (the count is always exact). */
 export const FAILURES_SHOWN = 200;
+/** Gateways whose last health summary is kept after they go offline; the least recently heard goes first. */
+export const MAX_TRACKED_GATEWAYS = 5_000;
+/**
+ * An event-loop p99 above this marks a gateway degraded: the threshold of docs/metrics.md's
+ * EspOtaEventLoopStalled alert (a stalled loop breaks UART timing first), so the page and the
+ * alert agree on what is too slow.
+ */
+export const EVENT_LOOP_DEGRADED_MS = 100;
 
 export interface HistoryEntry {
   releaseId?: string;
@@ -73,6 +81,12 @@ export interface ConsoleModel {
   readonly logs: Map<string, LogLine[]>;
   /** Last message of any kind from the gateway (presence or inventory), ms since the epoch. */
   readonly lastSeen: Map<string, number>;
+  /**
+   * Each gateway's last health summary and the `at` of the `online` presence that carried it.
+   * Kept when the gateway goes offline (its will carries none), so the page can still say what
+   * it reported last, marked stale; dropped when its presence is cleared.
+   */
+  readonly health: Map<string, { health: PresenceHealth; at: string }>;
   /** Messages refused by a parser since start (bad JSON, wrong schema, bad signature). */
   invalid: number;
   /** Bumped on every change: the server pushes a snapshot when it moved. */
@@ -86,6 +100,7 @@ export function emptyModel(prefix: string, gateways?: GatewayTrust): ConsoleMode
     history: new Map(),
     logs: new Map(),
     lastSeen: new Map(),
+    health: new Map(),
     invalid: 0,
     version: 0,
   };
@@ -121,6 +136,7 @@ export function applyToModel(
     r = applyMessage(m.fleet, topic, payload);
     if (r.kind === "applied") {
       if (t.kind === "presence" || t.kind === "inventory") m.lastSeen.set(t.id, now);
+      if (t.kind === "presence") recordHealth(m, t.id);
       if (t.kind === "status") recordHistory(m, t.id, before?.seq);
     }
   }
@@ -169,6 +185,15 @@ function applyLog(m: ConsoleModel, deviceId: string, payload: Uint8Array): Model
     lines.push({ at: p.value.at, text: `(${p.value.dropped} line(s) dropped by the gateway)` });
   touch(m.logs, deviceId, lines.slice(-LOG_LINES_PER_DEVICE), MAX_TRACKED_DEVICES);
   return { kind: "applied" };
+}
+
+/** The health an `online` presence carries replaces the kept one; `offline` keeps it (stale). */
+function recordHealth(m: ConsoleModel, gatewayId: string): void {
+  const p = m.fleet.presence.get(gatewayId);
+  if (p?.state === "online" && p.health)
+    touch(m.health, gatewayId, { health: p.health, at: p.at }, MAX_TRACKED_GATEWAYS);
+  // Cleared, or online without one (an agent from before `health`): the kept one is not its.
+  else if (!p || p.state === "online") m.health.delete(gatewayId);
 }
 
 /** A new final status (one per release and notice) is one line of the device's history. */
@@ -366,8 +391,47 @@ export function summarizeForMetrics(
   });
 }
 
+/**
+ * The readiness badge of a gateway: `ready`; `degraded` (ready, but a port failed or conflicts,
+ * or the event loop is slow); `not-ready` (its /readyz would say 503); `stale` (offline or
+ * unknown now: the summary is the last one it sent while online).
+ */
+export type HealthBadge = "ready" | "degraded" | "not-ready" | "stale";
+
+export interface GatewayHealthView extends PresenceHealth {
+  badge: HealthBadge;
+  /** Why the badge is not `ready`, in words made of the summary's numbers only. */
+  problems: string[];
+  /** The `at` of the presence that carried it. */
+  at: string;
+  /** docs/errors.md's entry for lastFailure's code. */
+  lastFailureHelp?: ErrorHelp;
+}
+
+/** Pure: the badge and its reasons for one summary. `online`: the gateway's presence now. */
+export function gatewayHealth(h: PresenceHealth, at: string, online: boolean): GatewayHealthView {
+  const problems: string[] = [];
+  if (!online) problems.push("offline: the last summary it sent while online");
+  if (!h.ready) problems.push("not ready (broker, port scan or state directory)");
+  if (h.devices.failed > 0) problems.push(`${h.devices.failed} port(s) failed to attach`);
+  if (h.devices.conflict > 0) problems.push(`${h.devices.conflict} port(s) in conflict`);
+  if (h.eventLoopDelayMs > EVENT_LOOP_DEGRADED_MS)
+    problems.push(`event loop p99 ${h.eventLoopDelayMs} ms > ${EVENT_LOOP_DEGRADED_MS} ms`);
+  const badge: HealthBadge = !online
+    ? "stale"
+    : !h.ready
+      ? "not-ready"
+      : problems.length > 0
+        ? "degraded"
+        : "ready";
+  const help = errorHelp(h.lastFailure?.code);
+  return { ...h, badge, problems, at, ...(help ? { lastFailureHelp: help } : {}) };
+}
+
 export interface ConsoleGateway extends GatewayRow {
   lastSeenAt?: string;
+  /** The gateway's last health summary (docs/mqtt-api.md "presence"); absent from older agents. */
+  health?: GatewayHealthView;
 }
 
 export interface ConsoleSnapshot {
@@ -391,7 +455,12 @@ export function snapshot(m: ConsoleModel, now: number, connected: boolean): Cons
     devices: v.devices,
     gateways: v.gateways.map((g) => {
       const seen = m.lastSeen.get(g.gatewayId);
-      return seen === undefined ? g : { ...g, lastSeenAt: new Date(seen).toISOString() };
+      const h = m.health.get(g.gatewayId);
+      return {
+        ...g,
+        ...(seen === undefined ? {} : { lastSeenAt: new Date(seen).toISOString() }),
+        ...(h ? { health: gatewayHealth(h.health, h.at, g.state === "online") } : {}),
+      };
     }),
     invalid: m.invalid,
   };

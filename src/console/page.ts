@@ -121,6 +121,12 @@ h2 { font-size: 15px; margin: 0 0 6px; } h3 { font-size: 14px; margin: 0 0 8px; 
 .badge.completed, .badge.succeeded, .badge.online { background: var(--succeeded); }
 .badge.rolled-back { background: var(--rolled-back); } .badge.offline { background: #475467; }
 .badge.idle, .badge.unknown { background: #98a2b3; }
+.hbadge { display: inline-block; white-space: nowrap; padding: 0 6px; border-radius: 3px; font-size: 11px; font-weight: 600; border: 1px solid; }
+.hbadge.ready { color: #0f6b2f; border-color: #9fd6b0; background: #ecf8f0; }
+.hbadge.degraded { color: #8a4b00; border-color: #f5c16c; background: #fff6e5; }
+.hbadge.not-ready { color: #fff; border-color: var(--failed); background: var(--failed); }
+.hbadge.stale { color: var(--muted); border-color: var(--line); background: #f2f4f7; }
+.bad { color: var(--failed); font-weight: 600; } .nw { white-space: nowrap; }
 .meta { color: var(--muted); font-size: 12px; }
 .reason { margin: 6px 0 2px; padding: 4px 8px; border-left: 3px solid var(--rolled-back); background: #fff8eb; }
 .reason.aborted { border-color: var(--failed); background: #fdf0f0; }
@@ -161,7 +167,8 @@ tr.click { cursor: pointer; } tr.click:hover td { background: #f5f8ff; } tr.sel 
 .filter { margin-bottom: 8px; width: 320px; }
 table.devices td, table.gateways td { white-space: nowrap; }
 table.gateways { width: auto; min-width: 50%; }
-table.gateways th, table.gateways td { padding-right: 18px; }
+table.gateways th, table.gateways td { padding-right: 12px; }
+table.gateways td.wrap { white-space: normal; min-width: 150px; max-width: 190px; }
 .scroll { overflow-x: auto; }
 pre.log { background: #0f1623; color: #d5dbe5; padding: 6px 8px; border-radius: 4px; max-height: 300px; overflow: auto; font: 11.5px/1.35 ui-monospace, SFMono-Regular, Menlo, monospace; white-space: pre-wrap; word-break: break-all; margin: 0; }
 dl.kv { display: grid; grid-template-columns: 120px 1fr; gap: 2px 8px; margin: 0 0 8px; }
@@ -519,9 +526,33 @@ export const APP_JS = String.raw`"use strict";
   }
 
   // --- gateways ---
+  function uptime(sec) {
+    if (sec < 3600) return Math.floor(sec / 60) + "m";
+    if (sec < 86400) return Math.floor(sec / 3600) + "h " + Math.floor((sec % 3600) / 60) + "m";
+    return Math.floor(sec / 86400) + "d " + Math.floor((sec % 86400) / 3600) + "h";
+  }
+  function mib(b) { return b < 1048576 ? Math.round(b / 1024) + " KiB" : (b / 1048576).toFixed(1) + " MiB"; }
+  /** "11 attached · 1 updating": the non-zero counts, those in bad (failed, conflict) in red. */
+  function counts(o, names, bad) {
+    var parts = [];
+    for (var i = 0; i < names.length; i++) {
+      var n = o[names[i][0]] || 0; if (!n) continue;
+      if (parts.length) parts.push(" · ");
+      parts.push(el("span", bad.indexOf(names[i][0]) >= 0 ? "nw bad" : "nw", n + " " + names[i][1]));
+    }
+    return parts.length ? parts : "-";
+  }
+  var PORTS = [["attached", "attached"], ["updating", "updating"], ["identifying", "identifying"], ["failed", "failed"], ["conflict", "conflict"]];
+  var UPDATES = [["started", "started"], ["succeeded", "ok"], ["failed", "failed"], ["rolledBack", "rolled back"], ["cancelled", "cancelled"]];
+  function healthBadge(h) {
+    var b = el("span", "hbadge " + h.badge, h.badge === "not-ready" ? "not ready" : h.badge);
+    b.title = (h.problems.length ? h.problems.join("; ") : "ready: broker connected, ports scanned, state directory writable") +
+      " · staging " + mib(h.stagingBytes) + " · reported " + time(h.at);
+    return b;
+  }
   function gateways(s) {
-    var c = el("div", "card"), t = el("table", "gateways"), hd = el("tr");
-    ["gateway", "presence", "agent", "devices", "updating", "failed", "rolled back", "presence since", "last heard"].forEach(function (h) { hd.appendChild(el("th", null, h)); });
+    var c = el("div", "card scroll"), t = el("table", "gateways"), hd = el("tr");
+    ["gateway", "presence", "health", "agent", "ports", "updating", "failed", "rolled back", "updates since start", "last failure", "frame err. / reconn.", "loop p99", "uptime", "last heard"].forEach(function (h) { hd.appendChild(el("th", null, h)); });
     t.appendChild(hd);
     var by = {};
     s.devices.forEach(function (d) {
@@ -531,13 +562,29 @@ export const APP_JS = String.raw`"use strict";
       else if (["idle", "offline", "unknown", "succeeded", "cancelled"].indexOf(d.state) < 0) c.updating++;
     });
     s.gateways.forEach(function (g) {
-      var c = by[g.gatewayId] || { updating: 0, failed: 0, rb: 0 };
-      t.appendChild(el("tr", null, [el("td", null, el("code", null, g.gatewayId)), el("td", null, badge(g.state)), el("td", null, g.version || "-"),
-        el("td", "num", g.devices === undefined ? "-" : g.devices), el("td", "num", c.updating || "-"), el("td", "num", c.failed || "-"), el("td", "num", c.rb || "-"),
-        el("td", "meta", time(g.since)), el("td", "meta", g.lastSeenAt ? ago(g.lastSeenAt) : "-")]));
+      var c = by[g.gatewayId] || { updating: 0, failed: 0, rb: 0 }, h = g.health;
+      var pres = el("td", null, badge(g.state)); if (g.since) pres.title = "presence published " + time(g.since);
+      var lf = el("td", null, "-");
+      if (h && h.lastFailure) {
+        lf = el("td", null, [el("code", null, h.lastFailure.code), el("span", "meta", " " + ago(h.lastFailure.at))]);
+        lf.title = h.lastFailureHelp ? h.lastFailureHelp.meaning + " What to do: " + h.lastFailureHelp.action : "not in docs/errors.md";
+      }
+      var tr = el("tr", null, [el("td", null, el("code", null, g.gatewayId)), pres,
+        el("td", null, h ? healthBadge(h) : el("span", "muted", "no summary")),
+        el("td", null, g.version || "-"),
+        el("td", "wrap", h ? counts(h.devices, PORTS, ["failed", "conflict"]) : g.devices === undefined ? "-" : g.devices + " in inventory"),
+        el("td", "num", c.updating || "-"), el("td", "num", c.failed || "-"), el("td", "num", c.rb || "-"),
+        el("td", "wrap", h ? counts(h.updates, UPDATES, ["failed", "rolledBack"]) : "-"), lf,
+        el("td", "num", h ? (h.uartFrameErrors || "-") + " / " + (h.mqttReconnects || "-") : "-"),
+        el("td", "num" + (h && h.eventLoopDelayMs > 100 ? " bad" : ""), h ? h.eventLoopDelayMs + " ms" : "-"),
+        el("td", "num", h ? uptime(h.uptimeSec) : "-"),
+        el("td", "meta", g.lastSeenAt ? ago(g.lastSeenAt) : "-")]);
+      tr.setAttribute("data-gateway", g.gatewayId);
+      t.appendChild(tr);
     });
     c.appendChild(t);
     if (!s.gateways.length) c.appendChild(el("p", "empty", "No gateway has published its presence or inventory."));
+    else c.appendChild(el("p", "meta", "Health is the summary each agent puts in its retained presence every minute (docs/mqtt-api.md): counters since the agent started; hover a badge for why it is not ready."));
     return c;
   }
 

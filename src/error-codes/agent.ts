@@ -112,4 +112,22 @@ export const agentCodes = {
       "After activation the agent restarted and could not tell from the device whether the new app confirmed itself.",
     action: "Run `esp-ota device info` on the device to see which app runs.",
   },
+  E_AGENT_RESCUE_DISABLED: {
+    meaning:
+      "A rescue was asked for on a port whose config does not allow it (serial.rescue.enabled is false, the default). Nothing was written.",
+    action:
+      "If the device on that port may be rewritten through its ROM loader, set serial.rescue.enabled: true (and resetLines: true when DTR/RTS are wired) for the port (docs/configuration.md), then ask again.",
+  },
+  E_AGENT_RESCUE_OTADATA: {
+    meaning:
+      "The otadata given for a rescue is not 0x2000 bytes or does not hash to the SHA-256 the release side published for that device and slot. Nothing was written.",
+    action:
+      "Use the otadata file `esp-ota release build` wrote next to the slot's ciphertext (`<slot>.otadata.bin`) and the SHA-256 from the release index.",
+  },
+  E_AGENT_RESCUE_NOT_BOOTED: {
+    meaning:
+      "The rescue wrote the slot and otadata through the ROM loader, but the booted app does not report the known-good release's version from the rescued slot (under Secure Download Mode nothing could be read back: the app's report is the only check).",
+    action:
+      "Watch the device's boot log (the gateway forwards it): a wrong flash-encryption key or otadata offset, or a device whose bootloader is broken too, cannot be rescued this way; reflash it with `esp-ota provision` on the bench.",
+  },
 } satisfies ErrorCodeTable;

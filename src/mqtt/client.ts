@@ -65,6 +65,8 @@ export interface MqttConnectOptions {
 export const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
 export const DEFAULT_REQUEST_TIMEOUT_MS = 10_000;
 export const DEFAULT_SETTLE_MS = 300;
+/** The same for one topic without wildcards, whose retained message ends the wait when it comes. */
+export const EXACT_SETTLE_MS = 1500;
 
 /**
  * MQTT 5 session expiry for clean: false. 3.1.1 keeps a persistent session until the client
@@ -722,8 +724,15 @@ export function subscribeCommands(client: MqttClient, topic: string): Promise<vo
 export async function readRetained(
   client: MqttClient,
   filter: string,
-  settleMs: number = DEFAULT_SETTLE_MS,
+  settleMs?: number,
 ): Promise<Map<string, Uint8Array>> {
+  // One topic, no wildcard: at most one retained message can come, so it ends the wait. Waiting
+  // out the settle after it bought nothing, and a short settle missed a retained message the
+  // broker sent a moment after its SUBACK on a busy machine (load 11: `rollout status` printed
+  // nothing). So for one topic the default wait for "there is none" is longer, and a message
+  // that does come returns at once.
+  const exact = !/[+#]/.test(filter);
+  const wait = settleMs ?? (exact ? EXACT_SETTLE_MS : DEFAULT_SETTLE_MS);
   const got = new Map<string, Uint8Array>();
   let timer: NodeJS.Timeout | undefined;
   let settled!: () => void;
@@ -732,14 +741,17 @@ export async function readRetained(
   });
   const arm = () => {
     clearTimeout(timer);
-    timer = setTimeout(settled, settleMs);
+    timer = setTimeout(settled, wait);
   };
   const onMessage = (topic: string, payload: Buffer, packet: IPublishPacket) => {
     if (!matchesFilter(filter, topic)) return;
     if (payload.byteLength === 0) got.delete(topic);
     else got.set(topic, new Uint8Array(payload.buffer, payload.byteOffset, payload.byteLength));
     // Only the retained burst delays the end: live traffic on a busy topic must not.
-    if (packet.retain) arm();
+    if (packet.retain) {
+      if (exact) settled();
+      else arm();
+    }
   };
   client.on("message", onMessage);
   try {

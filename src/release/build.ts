@@ -14,6 +14,20 @@ import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { Worker } from "node:worker_threads";
 import { EspOtaError } from "../errors.js";
+import { createFlashCipher } from "../esp/flash-encryption.js";
+import {
+  encodeOtadata,
+  OTA_SEQ_EMPTY,
+  OTA_SEQ_LABEL_SIZE,
+  OTA_STATE,
+  otaEntry,
+} from "../esp/otadata.js";
+import {
+  DATA_SUBTYPE,
+  findPartition,
+  otaAppPartitions,
+  PART_TYPE,
+} from "../esp/partition-table.js";
 import { writeFileAtomic, writeFileAtomicSync } from "../fs/write-atomic.js";
 import {
   type Check,
@@ -40,7 +54,12 @@ import {
 } from "./build-worker.js";
 import type { Keyring } from "./keyring-fs.js";
 import { type ReleaseManifest, type SignedManifest, signManifest } from "./manifest.js";
-import { type DeviceRecord, deviceCipherOptions, nextReleaseCounter } from "./registry.js";
+import {
+  type DeviceRecord,
+  deviceCipherOptions,
+  devicePartitions,
+  nextReleaseCounter,
+} from "./registry.js";
 import type { DeviceRegistry } from "./registry-fs.js";
 
 export type BuildStep =
@@ -220,6 +239,15 @@ async function buildWith(
       expiresAt,
     );
     manifests.set(device.deviceId, m.signed);
+    for (const r of rescueOtadata(device))
+      manifestWrites.push(
+        writeFileAtomic(join(o.outDir, device.deviceId, r.file), r.bytes, {
+          mode: 0o644,
+          durable: false,
+        }).catch((e: unknown) => {
+          manifestWriteError ??= writeError(device.deviceId, (e as Error).message, e, "encrypt");
+        }),
+      );
     manifestWrites.push(
       writeAtomicallyAsync(
         join(o.outDir, device.deviceId, "manifest.json"),
@@ -383,6 +411,38 @@ function writeAtomically(path: string, text: string): void {
 }
 
 /** Through fs's callback API, off the main thread (see writeFileAtomic). */
+/**
+ * The rescue path's otadata (issue 15; docs/operations.md "Rescue"): per OTA slot, the whole
+ * otadata partition selecting that slot, encrypted for the partition's address with the device's
+ * key, as it must lie in flash when the gateway writes it raw through the ROM loader (the ROM
+ * cannot encrypt: docs/rom-protocol.md §11). `<slot>.otadata.bin` beside the slot's ciphertext.
+ *
+ * One entry, seq = slot index + 1 (the bootloader maps seq to slot (seq - 1) % slots), state NEW:
+ * with rollback on, the bootloader boots it as PENDING_VERIFY and the app's own confirmation is
+ * what the gateway then reads back; the other copy erased, so no older entry outranks it. It
+ * depends only on the device (key, table), not on the release, and is rewritten with each build.
+ * A table without otadata gets none.
+ */
+export function rescueOtadata(
+  device: DeviceRecord,
+): { slot: string; file: string; bytes: Uint8Array }[] {
+  const parts = devicePartitions(device);
+  const otadata = findPartition(parts, PART_TYPE.data, DATA_SUBTYPE.ota);
+  if (!otadata) return [];
+  const cipher = createFlashCipher(deviceCipherOptions(device));
+  const empty = {
+    seq: OTA_SEQ_EMPTY,
+    label: new Uint8Array(OTA_SEQ_LABEL_SIZE).fill(0xff),
+    state: 0xffffffff,
+    crc: 0xffffffff,
+  };
+  return otaAppPartitions(parts).map((p, i) => ({
+    slot: p.label,
+    file: `${p.label}.otadata.bin`,
+    bytes: cipher.encrypt(otadata.offset, encodeOtadata([otaEntry(i + 1, OTA_STATE.NEW), empty])),
+  }));
+}
+
 function writeAtomicallyAsync(path: string, text: string): Promise<void> {
   return writeFileAtomic(path, text, { mode: 0o644, durable: false });
 }

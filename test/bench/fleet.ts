@@ -34,12 +34,23 @@
  * broker's outbound traffic is that times the subscribers of each topic). The observer's own
  * subscription makes the broker deliver everything once more; that is part of the broker CPU.
  *
+ * With CONSOLE=1 (issue 16), the operator console watches the rollout as an operator would:
+ * `node dist/agent/main.js console --broker <url> --listen 127.0.0.1:0 --token-env ...` in its own
+ * process, started after the devices attached and before the rollout, with one live event stream
+ * (`GET /api/events`, the page's stream, authenticated by the token as `Authorization: Bearer`)
+ * read to the end by this process. Its peak RSS (VmHWM) and CPU over the rollout are reported
+ * (`console: rss = N MB, cpu = X s (Y% of a core)`), and its last snapshot must show the rollout
+ * as the runner ended it. Off by default: see docs/benchmarks.md "Fleet" for what it costs the
+ * fleet's figures on two cores.
+ *
  * Env: FLEET_DEVICES, FLEET_GATEWAYS, FLEET_HOSTS, FLEET_APP_SIZE, FLEET_WAVES,
  * FLEET_BROKERS (comma list of aedes, mosquitto; default both), FLEET_BAUD, FLEET_STATE_DIR (the
- * gateways' state on that disk instead of tmpfs), FLEET_LOG_LEVEL (the agents'; default warn).
+ * gateways' state on that disk instead of tmpfs), FLEET_LOG_LEVEL (the agents'; default warn),
+ * CONSOLE (1: attach the console).
  * Last line: `fleet-bench: devices = N, completed = N, msgs per device = X` (the last broker run).
  */
 import { type ChildProcess, fork, spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
@@ -276,6 +287,168 @@ function peakRssMb(pid: number): number {
   return Number(/^VmHWM:\s+(\d+)/m.exec(s)?.[1] ?? 0) / 1024;
 }
 
+// ---- the console watching the rollout (CONSOLE=1) -------------------------------------------------
+
+/** What the console's process cost over the rollout, and what its stream carried. */
+export interface ConsoleCost {
+  /** VmHWM at the rollout's end: the process's peak, which it reached while showing the rollout. */
+  peakRssMb: number;
+  /** CPU seconds (utime + stime) from the rollout's start to its end. */
+  cpuS: number;
+  /** Snapshots and bytes received on the event stream over the same window. */
+  snapshots: number;
+  streamBytes: number;
+  /** The shortest time between two snapshots over the window (the server's DEFAULT_PUSH_MS is 500). */
+  minGapMs: number;
+  /** The rollout as the console's last snapshot showed it. */
+  seen?: { state: string; succeeded: number; devices: number };
+}
+
+interface ConsoleProcess {
+  pid: number;
+  url: string;
+  /** Snapshots and bytes so far (from the stream's start). */
+  counts(): { snapshots: number; bytes: number };
+  /** Restarts the shortest gap between snapshots, and reads it. */
+  resetGap(): void;
+  minGapMs(): number;
+  /** The newest whole snapshot received. */
+  last(): unknown;
+  /** Resolves with the first snapshot that `ok` accepts (or rejects after `ms`). */
+  until(ok: (snap: unknown) => boolean, ms: number): Promise<unknown>;
+  close(): Promise<void>;
+}
+
+/**
+ * `esp-ota console` from dist/ in its own process, token-authenticated, and one event stream
+ * to it read by this process as the page reads it (every snapshot parsed, as EventSource and
+ * JSON.parse do in the browser; the parsing is this process's CPU, not the console's).
+ */
+async function startConsole(brokerUrl: string): Promise<ConsoleProcess> {
+  const token = randomBytes(24).toString("hex");
+  const child = spawn(
+    process.execPath,
+    [
+      join(ROOT, "dist/agent/main.js"),
+      "console",
+      "--broker",
+      brokerUrl,
+      "--listen",
+      "127.0.0.1:0",
+      "--token-env",
+      "FLEET_CONSOLE_TOKEN",
+    ],
+    { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, FLEET_CONSOLE_TOKEN: token } },
+  );
+  let err = "";
+  child.stderr!.on("data", (c: Buffer) => {
+    err = (err + c.toString()).slice(-4000);
+  });
+  const url = await new Promise<string>((ok, fail) => {
+    let out = "";
+    const timer = setTimeout(
+      () => fail(new Error(`esp-ota console: no URL in 30 s: ${err}`)),
+      30_000,
+    );
+    child.stdout!.on("data", (c: Buffer) => {
+      out += c.toString();
+      const m = /^(http:\/\/\S+)$/m.exec(out);
+      if (m) {
+        clearTimeout(timer);
+        ok(m[1]!);
+      }
+    });
+    child.once("exit", (code) => {
+      clearTimeout(timer);
+      fail(new Error(`esp-ota console exited (${code}): ${err}`));
+    });
+  });
+  const abort = new AbortController();
+  const res = await fetch(`${url}/api/events`, {
+    headers: { authorization: `Bearer ${token}`, accept: "text/event-stream" },
+    signal: abort.signal,
+  });
+  if (res.status !== 200 || !res.body) throw new Error(`console /api/events: ${res.status}`);
+  let snapshots = 0;
+  let bytes = 0;
+  let last: unknown;
+  let lastAt = 0;
+  let minGap = Number.POSITIVE_INFINITY;
+  let waiter: { ok: (s: unknown) => boolean; done: (s: unknown) => void } | undefined;
+  const reading = (async () => {
+    const decoder = new TextDecoder();
+    let buf = "";
+    try {
+      for await (const chunk of res.body as AsyncIterable<Uint8Array>) {
+        bytes += chunk.byteLength;
+        buf += decoder.decode(chunk, { stream: true });
+        // Server-sent events end at a blank line (the server writes "\n\n"; keepalives are comments).
+        for (let end = buf.indexOf("\n\n"); end >= 0; end = buf.indexOf("\n\n")) {
+          const event = buf.slice(0, end);
+          buf = buf.slice(end + 2);
+          if (!event.startsWith("event: snapshot") && !event.includes("\nevent: snapshot"))
+            continue;
+          const data = event
+            .split("\n")
+            .filter((l) => l.startsWith("data: "))
+            .map((l) => l.slice(6))
+            .join("\n");
+          last = JSON.parse(data);
+          snapshots++;
+          const now = performance.now();
+          if (lastAt > 0) minGap = Math.min(minGap, now - lastAt);
+          lastAt = now;
+          if (waiter?.ok(last)) waiter.done(last);
+        }
+      }
+    } catch (e) {
+      if (!abort.signal.aborted) throw e;
+    }
+  })();
+  reading.catch(() => {});
+  return {
+    pid: child.pid!,
+    url,
+    counts: () => ({ snapshots, bytes }),
+    resetGap: () => {
+      minGap = Number.POSITIVE_INFINITY;
+    },
+    minGapMs: () => minGap,
+    last: () => last,
+    until: (ok, ms) =>
+      last !== undefined && ok(last)
+        ? Promise.resolve(last)
+        : new Promise((done, fail) => {
+            const timer = setTimeout(() => {
+              waiter = undefined;
+              fail(new Error(`the console's stream did not show it in ${ms} ms`));
+            }, ms);
+            waiter = {
+              ok,
+              done: (s) => {
+                clearTimeout(timer);
+                waiter = undefined;
+                done(s);
+              },
+            };
+          }),
+    async close() {
+      abort.abort();
+      await reading.catch(() => undefined);
+      await stopChild(child);
+    },
+  };
+}
+
+interface SnapshotRollout {
+  rolloutId: string;
+  state: string;
+  devices: number;
+  counts: Record<string, number>;
+}
+const snapRollout = (snap: unknown, id: string): SnapshotRollout | undefined =>
+  (snap as { rollouts?: SnapshotRollout[] } | undefined)?.rollouts?.find((r) => r.rolloutId === id);
+
 /** A gateway host in a child process (this file with `host`), driven over IPC. */
 async function forkHost(spec: GatewayHostSpec): Promise<GatewayHost> {
   const child = fork(SELF, ["host"], {
@@ -450,6 +623,8 @@ export interface FleetRunOptions {
   logLevel?: LogLevel;
   /** Give up after this long (default 10 min). */
   timeoutMs?: number;
+  /** Attach `esp-ota console` (dist/ must be built) and measure it; default off. */
+  console?: boolean;
   log?: (l: string) => void;
 }
 
@@ -487,6 +662,8 @@ export interface FleetRunResult {
   brokerCpuS?: number;
   agentsCpuS?: number;
   agentsPeakRssMb?: number;
+  /** With FleetRunOptions.console. */
+  console?: ConsoleCost;
 }
 
 /** One rollout on one broker, with fresh gateway state. */
@@ -551,6 +728,7 @@ export async function runFleet(o: FleetRunOptions): Promise<FleetRunResult> {
       ),
     );
   const operator = await connectMqtt({ url: broker.url, protocolVersion: 4 });
+  let consoleProc: ConsoleProcess | undefined;
   try {
     // Every device identified and attached before the clock starts.
     for (;;) {
@@ -565,12 +743,28 @@ export async function runFleet(o: FleetRunOptions): Promise<FleetRunResult> {
       `${broker.kind}: ${o.gateways} gateways, ${n} devices attached in ${((Date.now() - t0) / 1000).toFixed(1)} s`,
     );
 
+    if (o.console) {
+      const c0 = Date.now();
+      consoleProc = await startConsole(broker.url);
+      // Ready when its snapshot shows every gateway's retained state (it subscribes on start).
+      await consoleProc.until(
+        (s) => ((s as { devices?: unknown[] }).devices?.length ?? 0) >= n,
+        60_000,
+      );
+      o.log?.(
+        `${broker.kind}: console at ${consoleProc.url} showing ${n} devices after ${((Date.now() - c0) / 1000).toFixed(1)} s`,
+      );
+    }
+
     const pids = hosts.flatMap((h) => (h.pid !== undefined ? [h.pid] : []));
     await Promise.all(hosts.map((h) => h.markDelay()));
     const cpu0 = {
       broker: broker.pid !== undefined ? cpuSeconds(broker.pid) : 0,
       agents: pids.reduce((s, p) => s + cpuSeconds(p), 0),
+      console: consoleProc ? cpuSeconds(consoleProc.pid) : 0,
+      stream: consoleProc?.counts() ?? { snapshots: 0, bytes: 0 },
     };
+    consoleProc?.resetGap();
     counting = "rollout";
     const w0 = Date.now();
     const byDevice = new Map(setup.index.devices.map((d) => [d.deviceId, d.counter]));
@@ -618,6 +812,35 @@ export async function runFleet(o: FleetRunOptions): Promise<FleetRunResult> {
       agents: pids.reduce((s, p) => s + cpuSeconds(p), 0),
     };
     const rss = pids.reduce((s, p) => s + peakRssMb(p), 0);
+    let consoleCost: ConsoleCost | undefined;
+    if (consoleProc) {
+      const cpuS = cpuSeconds(consoleProc.pid) - cpu0.console;
+      const peakRss = peakRssMb(consoleProc.pid);
+      const stream = consoleProc.counts();
+      // The console pushes at most every 0.5 s: its view of the end follows the runner's.
+      const seen = snapRollout(
+        await consoleProc
+          .until((s) => snapRollout(s, "fleet-bench")?.state === end.state, 10_000)
+          .catch(() => consoleProc!.last()),
+        "fleet-bench",
+      );
+      consoleCost = {
+        peakRssMb: peakRss,
+        cpuS,
+        snapshots: stream.snapshots - cpu0.stream.snapshots,
+        streamBytes: stream.bytes - cpu0.stream.bytes,
+        minGapMs: consoleProc.minGapMs(),
+        ...(seen
+          ? {
+              seen: {
+                state: seen.state,
+                succeeded: seen.counts.succeeded ?? 0,
+                devices: seen.devices,
+              },
+            }
+          : {}),
+      };
+    }
     const delays = await Promise.all(hosts.map((h) => h.delay()));
     const failures: Record<string, number> = {};
     for (const id of ids) {
@@ -653,8 +876,10 @@ export async function runFleet(o: FleetRunOptions): Promise<FleetRunResult> {
       },
       ...(broker.pid !== undefined ? { brokerCpuS: cpu1.broker - cpu0.broker } : {}),
       ...(pids.length > 0 ? { agentsCpuS: cpu1.agents - cpu0.agents, agentsPeakRssMb: rss } : {}),
+      ...(consoleCost ? { console: consoleCost } : {}),
     };
   } finally {
+    await consoleProc?.close();
     await Promise.all(hosts.map((h) => h.stop()));
     await operator.endAsync(true);
     await observer.endAsync(true);
@@ -681,6 +906,17 @@ function report(r: FleetRunResult, imageBytes: number, baud: number): string[] {
     `  before it (gateways up, devices attached): ${r.attachMessages} messages`,
     `  gateway processes' event-loop delay: p99 ${r.loopDelay.p99Ms.toFixed(0)} ms, max ${r.loopDelay.maxMs.toFixed(0)} ms${Object.keys(r.failures).length > 0 ? `; not succeeded: ${JSON.stringify(r.failures)}` : ""}`,
     `  broker CPU ${r.brokerCpuS?.toFixed(2) ?? "-"} s = ${r.brokerCpuS !== undefined ? ((r.brokerCpuS / r.wallS) * 100).toFixed(0) : "-"}% of a core; gateway processes CPU ${r.agentsCpuS?.toFixed(2) ?? "-"} s (with the simulated chips), peak RSS ${r.agentsPeakRssMb?.toFixed(0) ?? "-"} MB together`,
+    ...(r.console ? consoleReport(r.console, r.wallS) : []),
+  ];
+}
+
+function consoleReport(c: ConsoleCost, wallS: number): string[] {
+  const seen = c.seen
+    ? `its last snapshot: ${c.seen.state}, ${c.seen.succeeded}/${c.seen.devices} succeeded`
+    : "no snapshot showed the rollout";
+  return [
+    `console: rss = ${c.peakRssMb.toFixed(0)} MB, cpu = ${c.cpuS.toFixed(2)} s (${((c.cpuS / wallS) * 100).toFixed(1)}% of a core)`,
+    `  its event stream: ${c.snapshots} snapshots (${(c.snapshots / wallS).toFixed(1)} a second, ${c.minGapMs.toFixed(0)} ms apart at the least), ${(c.streamBytes / 2 ** 20).toFixed(1)} MiB (${(c.streamBytes / Math.max(1, c.snapshots) / 1024).toFixed(0)} KiB each); ${seen}`,
   ];
 }
 
@@ -692,6 +928,7 @@ async function main(): Promise<void> {
   const baud = Number(process.env.FLEET_BAUD ?? FLEET_BAUD);
   const waves = (process.env.FLEET_WAVES ?? "1,10,50,100").split(",").map(Number);
   const brokers = (process.env.FLEET_BROKERS ?? "aedes,mosquitto").split(",").map((s) => s.trim());
+  const withConsole = process.env.CONSOLE === "1";
   const dir = mkdtempSync(join(tmpdir(), "bench-fleet-"));
   const log = (l: string) => console.log(l);
   let last: FleetRunResult | undefined;
@@ -712,6 +949,7 @@ async function main(): Promise<void> {
             waves,
             baud,
             log,
+            console: withConsole,
             ...(process.env.FLEET_STATE_DIR
               ? { stateRoot: join(process.env.FLEET_STATE_DIR, b) }
               : {}),

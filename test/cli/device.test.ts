@@ -101,7 +101,7 @@ describe.runIf(haveSocat)("esp-ota device", () => {
       dir,
     );
     expect(r.stderr).toContain("transfer 100%");
-    expect(r.stdout).toContain("confirmed: 2.0.0 runs from 0x160000");
+    expect(r.stdout, r.stderr).toContain("confirmed: 2.0.0 runs from 0x160000");
     expect(r.code).toBe(0);
   }, 30_000);
 

@@ -137,6 +137,46 @@ describe.skipIf(!have)("operator console in Chromium", () => {
       async () => (await fetch("/api/rollouts/r-lab/pause", { method: "POST" })).status,
     );
     expect(noToken).toBe(403);
+
+    // The gateways view: the health summary of the retained presence (docs/mqtt-api.md).
+    await world.gateway.client.publishAsync(
+      "esp-ota/v1/gateways/gw-lab-1/presence",
+      JSON.stringify({
+        format: 1,
+        gatewayId: "gw-lab-1",
+        state: "online",
+        version: "0.1.0",
+        at: new Date().toISOString(),
+        health: {
+          ready: true,
+          devices: { attached: 3, updating: 0, identifying: 0, failed: 1, conflict: 0 },
+          updates: { started: 5, succeeded: 4, failed: 1, rolledBack: 0, cancelled: 0 },
+          lastFailure: { code: "E_UART_TIMEOUT", at: new Date().toISOString() },
+          uartFrameErrors: 7,
+          mqttReconnects: 2,
+          stagingBytes: 0,
+          eventLoopDelayMs: 250,
+          uptimeSec: 90_000,
+        },
+      }),
+      { qos: 1, retain: true },
+    );
+    await page.click("[data-view=gateways]");
+    const gwRow = page.locator("tr[data-gateway=gw-lab-1]");
+    await gwRow.locator(".hbadge.degraded").waitFor();
+    await expect(gwRow.locator(".hbadge").getAttribute("title")).resolves.toContain(
+      "1 port(s) failed to attach",
+    );
+    const cells = await gwRow.locator("td").allTextContents();
+    expect(cells).toEqual(
+      expect.arrayContaining([
+        "3 attached · 1 failed",
+        "5 started · 4 ok · 1 failed",
+        "250 ms",
+        "1d 1h",
+      ]),
+    );
+    expect(cells.some((c) => c.startsWith("E_UART_TIMEOUT"))).toBe(true);
     expect(pageErrors).toEqual([]);
   }, 15_000);
 });

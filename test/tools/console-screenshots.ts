@@ -30,6 +30,96 @@ const gw2 = await FakeGateway.start(w.brokerUrl, "gw-line-2", second);
 // The release directory must list every device.
 const { writeRelease } = await import("../console/world.js");
 writeRelease(w.releaseDir, ids);
+// Each agent's health summary in its retained presence (docs/mqtt-api.md "presence"): one
+// healthy, one degraded by a slow event loop and a port that failed to attach, and one gone
+// offline whose last summary shows stale.
+// The counters as each agent would have them since it started: gw-lab-1's canary and wave 2
+// (2 failed, 1 rolled back), gw-line-2's wave 3 in flight with one port that failed to attach.
+const health = (o: {
+  ports: [attached: number, updating: number, failed: number];
+  updates: [started: number, succeeded: number, failed: number, rolledBack: number];
+  loop: number;
+  uptime: number;
+  frames: number;
+  staging: number;
+}) => ({
+  ready: true,
+  devices: {
+    attached: o.ports[0],
+    updating: o.ports[1],
+    identifying: 0,
+    failed: o.ports[2],
+    conflict: 0,
+  },
+  updates: {
+    started: o.updates[0],
+    succeeded: o.updates[1],
+    failed: o.updates[2],
+    rolledBack: o.updates[3],
+    cancelled: 0,
+  },
+  ...(o.updates[2] + o.updates[3] > 0
+    ? {
+        lastFailure: { code: "E_DOWNLOAD_FAILED", at: new Date(Date.now() - 90_000).toISOString() },
+      }
+    : {}),
+  uartFrameErrors: o.frames,
+  mqttReconnects: o.ports[2],
+  stagingBytes: o.staging,
+  eventLoopDelayMs: o.loop,
+  uptimeSec: o.uptime,
+});
+const presence = (gatewayId: string, state: "online" | "offline", h?: object, ageMs = 0) =>
+  w.gateway.client.publishAsync(
+    `esp-ota/v1/gateways/${gatewayId}/presence`,
+    JSON.stringify({
+      format: 1,
+      gatewayId,
+      state,
+      version: "0.1.0",
+      at: new Date(Date.now() - ageMs).toISOString(),
+      ...(h ? { health: h } : {}),
+    }),
+    { qos: 1, retain: true },
+  );
+await presence(
+  "gw-lab-1",
+  "online",
+  health({
+    ports: [18, 0, 0],
+    updates: [18, 15, 2, 1],
+    loop: 14,
+    uptime: 9 * 86_400 + 7200,
+    frames: 3,
+    staging: 0,
+  }),
+);
+await presence(
+  "gw-line-2",
+  "online",
+  health({
+    ports: [7, 10, 1],
+    updates: [10, 0, 0, 0],
+    loop: 180,
+    uptime: 5400,
+    frames: 23,
+    staging: 10 * 1_100_000,
+  }),
+);
+await presence(
+  "gw-line-3",
+  "online",
+  health({
+    ports: [12, 0, 0],
+    updates: [0, 0, 0, 0],
+    loop: 22,
+    uptime: 2 * 86_400,
+    frames: 0,
+    staging: 0,
+  }),
+  7_200_000,
+);
+await presence("gw-line-3", "offline", undefined, 5_400_000);
 const chrome = await launchChromium();
 try {
   const page = await chrome.context.newPage();

@@ -9,9 +9,9 @@ import { formatMac } from "../../rom/chips.js";
 import { type ChipInfo, DEFAULT_CONNECT_ATTEMPTS, RomHost } from "../../rom/host.js";
 import { SECURITY_FLAG } from "../../rom/protocol.js";
 import type { BeforeMode } from "../../rom/reset.js";
-import { RomSerialPort } from "../../rom/serial.js";
 import type { SimChip } from "../../sim/efuse.js";
 import { realTimers } from "../../uart/scheduler.js";
+import { SerialBytePort } from "../../uart/serial-port.js";
 import { choice, parseIntArg } from "../args.js";
 import type { CliContext } from "../context.js";
 
@@ -72,7 +72,8 @@ async function session<T>(
   o: CommonOpts,
   work: (host: RomHost, info: ChipInfo) => Promise<T>,
 ): Promise<T> {
-  const port = await RomSerialPort.open(o.port, Math.min(ROM_BAUD, o.baud));
+  // hupcl off: closing must not drop DTR/RTS and reset the chip out of what we left it in.
+  const port = await SerialBytePort.open(o.port, Math.min(ROM_BAUD, o.baud), { hupcl: false });
   const host = new RomHost(port, {
     timers: realTimers,
     setSignals: (l) => port.setSignals(l),
