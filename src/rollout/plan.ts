@@ -78,7 +78,11 @@ export function defaultRolloutId(releaseId: string, now: Date): string {
     .toISOString()
     .replace(/\.\d+Z$/, "Z")
     .replace(/[-:]/g, "");
-  return `${releaseId.slice(0, 64 - stamp.length - 1)}-${stamp}`;
+  // No `.`: NATS maps MQTT topic levels to subject tokens and closes the connection of a client
+  // that publishes to a topic with a `.` in it (docs/scaling.md); the version in a release id
+  // has them. The id names the rollout; the release id itself is carried in its state.
+  const name = releaseId.replace(/\./g, "-");
+  return `${name.slice(0, 64 - stamp.length - 1)}-${stamp}`;
 }
 
 export function isRolloutId(id: string): boolean {
