@@ -18,6 +18,7 @@ import type { GatewayTrust } from "../mqtt/status-auth.js";
 import { isTopicId, type Topics } from "../mqtt/topics.js";
 import { BUCKETS } from "../rollout/machine.js";
 import { CONTROL_ACTIONS, type ControlAction } from "../rollout/messages.js";
+import { realTimers } from "../uart/scheduler.js";
 import { ConsoleActions, type ReleaseReader, type StartRequest } from "./actions.js";
 import {
   applyToModel,
@@ -29,6 +30,7 @@ import {
 } from "./model.js";
 import { APP_CSS, APP_JS, INDEX_HTML } from "./page.js";
 import { csrfMatches, type Session, Sessions } from "./sessions.js";
+import { PushThrottle } from "./throttle.js";
 import type { Authenticator } from "./users.js";
 
 export const COOKIE = "esp_ota_console";
@@ -171,16 +173,7 @@ export async function startConsoleServer(o: ConsoleServerOptions): Promise<Conso
 
   // --- the model, fed by the broker ------------------------------------------------------------
   let pushed = -1;
-  let lastPush = 0;
-  let pushTimer: NodeJS.Timeout | undefined;
-  const pushMs = o.pushMs ?? DEFAULT_PUSH_MS;
   const push = () => {
-    // The 5 s refresh calls push too: a throttled push still pending must not fire after it, or
-    // each refresh in a busy stretch started another chain (4.4-4.9 snapshots a second were
-    // measured in bench:fleet against the 2 intended).
-    clearTimeout(pushTimer);
-    pushTimer = undefined;
-    lastPush = clock();
     pushed = model.version;
     if (sse.size === 0) return;
     const data = `event: snapshot\ndata: ${JSON.stringify(snapshot(model, clock(), client.connected))}\n\n`;
@@ -199,11 +192,11 @@ export async function startConsoleServer(o: ConsoleServerOptions): Promise<Conso
     }
     r.raw.write(data);
   };
+  const throttle = new PushThrottle(realTimers, o.pushMs ?? DEFAULT_PUSH_MS, push);
   const schedule = () => {
-    if (pushTimer || sse.size === 0) return;
-    pushTimer = setTimeout(push, Math.max(0, lastPush + pushMs - clock()));
+    if (sse.size > 0) throttle.changed();
   };
-  const refresh = setInterval(push, REFRESH_MS);
+  const refresh = setInterval(() => throttle.now(), REFRESH_MS);
   const keepalive = setInterval(() => {
     for (const r of sse) send(r, ": keepalive\n\n");
   }, 15_000);
@@ -461,7 +454,7 @@ export async function startConsoleServer(o: ConsoleServerOptions): Promise<Conso
       closed ??= (async () => {
         clearInterval(refresh);
         clearInterval(keepalive);
-        clearTimeout(pushTimer);
+        throttle.stop();
         client.off("message", onMessage);
         client.off("connect", onConnectChange);
         client.off("close", onConnectChange);
