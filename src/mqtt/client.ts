@@ -717,7 +717,8 @@ export function subscribeCommands(client: MqttClient, topic: string): Promise<vo
 
 /**
  * Subscribes to `filter`, collects retained messages until none arrived for `settleMs` (default
- * 300), unsubscribes. A message published live to a matching topic meanwhile is newer state and
+ * 300; for one topic without wildcards 1500, and its retained message ends the wait at once),
+ * unsubscribes. A message published live to a matching topic meanwhile is newer state and
  * replaces the retained one (an empty payload, a cleared retained message, removes it). Do not
  * call it with a filter the client is subscribed to for something else: it unsubscribes at the end.
  */

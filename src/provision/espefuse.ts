@@ -155,7 +155,7 @@ export class Espefuse {
   /** `burn-efuse NAME VALUE [NAME VALUE ...]`: every pair checked before any is burned. */
   burnEfuse(pairs: readonly [string, string][]): void {
     this.connect();
-    const todo = pairs.map(([n, v]) => {
+    const checked = pairs.map(([n, v]) => {
       const name = this.name(n);
       const d = this.defs[name]!;
       if (d.key) this.refuse(`${name} is a key block: use burn-key`);
@@ -170,7 +170,7 @@ export class Espefuse {
         );
       return { name, value, bits: d.bits };
     });
-    for (const t of todo) this.apply(t.name, t.value, t.bits);
+    for (const t of checked) this.apply(t.name, t.value, t.bits);
     this.syncReleaseMode();
   }
 
